@@ -1,0 +1,17 @@
+// Subcommands of the mmdit CLI. Each add_* registers its options; main() parses, then calls run() of
+// the subcommand that was given, outside CLI11, so that its errors reach main's error policy.
+#pragma once
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+namespace mmdit {
+
+struct Command {
+  CLI::App* app;
+  std::function<void()> run;
+};
+
+Command add_inspect_command(CLI::App& app);
+
+}  // namespace mmdit

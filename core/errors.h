@@ -1,0 +1,31 @@
+// User-facing error types. Every error a user can cause is one of these; main() catches them,
+// prints what() as one line and exits 2 (bad input) or 1 (runtime failure).
+#pragma once
+#include <stdexcept>
+#include <string>
+
+namespace mmdit {
+
+// Bad input: exit code 2. Subclasses say which kind of input was wrong.
+struct InputError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct UsageError : InputError {  // bad flag or flag combination
+  using InputError::InputError;
+};
+struct FileError : InputError {  // missing/unreadable file or folder
+  using InputError::InputError;
+};
+struct FormatError : InputError {  // malformed file contents (safetensors, JSON, config)
+  using InputError::InputError;
+};
+struct ShapeError : InputError {  // tensor/shape/size that does not fit the model
+  using InputError::InputError;
+};
+
+// Something failed while running valid input (out of memory, device error): exit code 1.
+struct RuntimeFailure : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace mmdit

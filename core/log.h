@@ -1,0 +1,29 @@
+// Logging (spdlog, to stderr) and a progress bar for long loops (torch-free).
+#pragma once
+#include <chrono>
+#include <string>
+
+namespace mmdit {
+
+enum class Verbosity { Quiet, Normal, Verbose };
+void init_logging(Verbosity v);
+Verbosity verbosity();
+
+// A one-line bar with step rate and ETA, redrawn in place on a terminal; on a pipe or file, plain
+// lines (at most one per second, plus the last). Silent with --quiet.
+class Progress {
+ public:
+  Progress(std::string label, int total);
+  ~Progress();
+  void step(int n = 1);
+  void finish();
+
+ private:
+  void draw(bool final_line);
+  std::string label_;
+  int total_, done_ = 0;
+  bool tty_, finished_ = false;
+  std::chrono::steady_clock::time_point start_, last_print_;
+};
+
+}  // namespace mmdit

@@ -1,0 +1,64 @@
+#include "core/torch_util.h"
+
+#include <ATen/Context.h>
+
+#include "core/errors.h"
+
+namespace mmdit {
+namespace {
+struct Row {
+  DType d;
+  at::ScalarType t;
+};
+constexpr Row kRows[] = {
+    {DType::F64, at::kDouble},   {DType::F32, at::kFloat},  {DType::F16, at::kHalf},
+    {DType::BF16, at::kBFloat16}, {DType::F8_E4M3, at::kFloat8_e4m3fn}, {DType::F8_E5M2, at::kFloat8_e5m2},
+    {DType::I64, at::kLong},     {DType::I32, at::kInt},    {DType::I16, at::kShort},
+    {DType::I8, at::kChar},      {DType::U8, at::kByte},    {DType::BOOL, at::kBool},
+};
+}  // namespace
+
+at::ScalarType to_scalar_type(DType d) {
+  for (const auto& r : kRows)
+    if (r.d == d) return r.t;
+  throw FormatError(std::string("unsupported dtype ") + dtype_name(d));
+}
+
+DType from_scalar_type(at::ScalarType t) {
+  for (const auto& r : kRows)
+    if (r.t == t) return r.d;
+  throw FormatError(std::string("safetensors cannot store dtype ") + c10::toString(t));
+}
+
+at::Device parse_device(const std::string& s, const std::string& flag) {
+  if (s == "cpu") return at::Device(at::kCPU);
+  int index = -1;
+  if (s == "cuda") {
+    index = 0;
+  } else if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.size() < 9 &&
+             s.find_first_not_of("0123456789", 5) == std::string::npos) {
+    index = std::stoi(s.substr(5));
+  } else {
+    throw UsageError(flag + ": expected cpu, cuda or cuda:N, got '" + s + "'");
+  }
+  if (!at::hasCUDA()) throw RuntimeFailure(flag + " " + s + ": no CUDA device is available on this machine");
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+at::ScalarType parse_dtype(const std::string& s, const std::string& flag) {
+  if (s == "f32" || s == "float32" || s == "fp32") return at::kFloat;
+  if (s == "f16" || s == "float16" || s == "fp16") return at::kHalf;
+  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
+  throw UsageError(flag + ": expected f32, f16 or bf16, got '" + s + "'");
+}
+
+const char* short_dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "f32";
+    case at::kHalf: return "f16";
+    case at::kBFloat16: return "bf16";
+    default: return c10::toString(t);
+  }
+}
+
+}  // namespace mmdit

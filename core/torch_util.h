@@ -1,0 +1,20 @@
+// Small LibTorch helpers shared by every model: dtype/device parsing and conversion.
+#pragma once
+#include <string>
+
+#include <ATen/ATen.h>
+
+#include "core/safetensors_header.h"
+
+namespace mmdit {
+
+at::ScalarType to_scalar_type(DType d);
+DType from_scalar_type(at::ScalarType t);  // throws FormatError for types safetensors lacks
+
+// "cpu", "cuda", "cuda:N"; throws UsageError naming `flag` otherwise, RuntimeFailure if CUDA is absent.
+at::Device parse_device(const std::string& s, const std::string& flag = "--device");
+// "f32", "f16", "bf16" (and the long spellings float32/float16/bfloat16).
+at::ScalarType parse_dtype(const std::string& s, const std::string& flag = "--dtype");
+const char* short_dtype_name(at::ScalarType t);
+
+}  // namespace mmdit
