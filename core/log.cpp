@@ -23,6 +23,10 @@ void init_logging(Verbosity v) {
 
 Verbosity verbosity() { return g_verbosity; }
 
+void log_debug(const std::string& message) { spdlog::debug("{}", message); }
+void log_info(const std::string& message) { spdlog::info("{}", message); }
+void log_warn(const std::string& message) { spdlog::warn("{}", message); }
+
 Progress::Progress(std::string label, int total)
     : label_(std::move(label)), total_(total), tty_(::isatty(STDERR_FILENO) != 0) {
   start_ = last_print_ = std::chrono::steady_clock::now();

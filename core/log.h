@@ -9,6 +9,12 @@ enum class Verbosity { Quiet, Normal, Verbose };
 void init_logging(Verbosity v);
 Verbosity verbosity();
 
+// Plain-string logging for code that must not include spdlog (torch TUs: torch's bundled fmt
+// clashes with the fmt Debian's spdlog uses).
+void log_debug(const std::string& message);
+void log_info(const std::string& message);
+void log_warn(const std::string& message);
+
 // A one-line bar with step rate and ETA, redrawn in place on a terminal; on a pipe or file, plain
 // lines (at most one per second, plus the last). Silent with --quiet.
 class Progress {
