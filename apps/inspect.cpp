@@ -95,8 +95,11 @@ void print_text(const nlohmann::ordered_json& r) {
     line.resize(std::max<size_t>(line.size() + 1, 20), ' ');
     if (c.contains("class")) line += c["class"].get<std::string>();
     if (c.contains("tensors")) {
-      line += "  " + std::to_string(c["tensors"].get<uint64_t>()) + " tensors, " +
-              human(c["parameters"].get<uint64_t>()) + " params";
+      line += "  " + std::to_string(c["tensors"].get<uint64_t>()) + " tensors, ";
+      // Shapes of tensors in missing shards are unknown: say so rather than print a wrong count.
+      line += c.contains("tensors_in_missing_files")
+                  ? std::to_string(c["tensors_in_missing_files"].get<uint64_t>()) + " without weights"
+                  : human(c["parameters"].get<uint64_t>()) + " params";
       std::string dts;
       for (auto it = c["dtypes"].begin(); it != c["dtypes"].end(); ++it) dts += (dts.empty() ? "" : ",") + it.key();
       if (!dts.empty()) line += ", " + dts;

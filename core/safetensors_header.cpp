@@ -78,6 +78,7 @@ TensorInfo parse_entry(const std::string& name, const nlohmann::json& e, const s
     if (bytes > (unsigned __int128)UINT64_MAX) bytes = (unsigned __int128)UINT64_MAX;  // saturate
     t.shape.push_back(int64_t(d));
   }
+  if (bytes == (unsigned __int128)UINT64_MAX) fail(what, where + " has a shape too large for any file");
   if (bytes != (unsigned __int128)(t.end - t.begin))
     fail(what, where + " shape needs " + std::to_string((uint64_t)bytes) + " bytes but data_offsets span " +
                    std::to_string(t.end - t.begin));

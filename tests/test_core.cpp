@@ -1,0 +1,164 @@
+// Model folders, inspect, PNG text chunks, error exits, fuzz-corpus regression.
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "core/errors.h"
+#include "core/image_io.h"
+#include "core/model_folder.h"
+#include "core/safetensors.h"
+#include "core/safetensors_header.h"
+#include "core/mapped_file.h"
+#include "tests/test_util.h"
+
+namespace mmdit {
+namespace {
+namespace fs = std::filesystem;
+
+fs::path layouts() { return test::shared_dir() / "model-layouts"; }
+
+struct LayoutCase {
+  const char* dir;
+  const char* family;
+  const char* variant;
+  size_t missing_files;  // weight files the layout's configs and indexes name but do not hold
+};
+
+class RealLayouts : public ::testing::TestWithParam<LayoutCase> {};
+
+TEST_P(RealLayouts, InspectNamesFamilyVariantAndMissingWeights) {
+  const auto& c = GetParam();
+  const fs::path p = layouts() / c.dir;
+  ASSERT_TRUE(fs::exists(p)) << p;
+  ModelInfo m = open_model(p);
+  EXPECT_EQ(m.family, c.family);
+  EXPECT_EQ(m.variant, c.variant);
+  auto r = test::run_mmdit("inspect --json " + p.string(), std::string("inspect_") + c.family);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["family"], c.family);
+  EXPECT_EQ(j["variant"], c.variant);
+  EXPECT_EQ(j["missing_files"].size(), c.missing_files) << j["missing_files"].dump();
+  EXPECT_GT(j["total_tensors"].get<int>(), 200);  // names come from the index files
+  // The text view says the same in words.
+  auto t = test::run_mmdit("inspect " + p.string(), std::string("inspect_text_") + c.family);
+  ASSERT_EQ(t.exit_code, 0);
+  EXPECT_NE(t.out.find("missing weights (" + std::to_string(c.missing_files) + " files"), std::string::npos) << t.out;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, RealLayouts,
+    ::testing::Values(
+        // transformer 2 shards + T5 2 shards + 2 CLIP + VAE single files
+        LayoutCase{"stabilityai/stable-diffusion-3.5-large", "sd3", "sd3.5-large", 7},
+        // SD3-medium's transformer has no index (one file), T5 has 2 shards
+        LayoutCase{"stabilityai/stable-diffusion-3-medium-diffusers", "sd3", "sd3-medium", 6},
+        // FLUX transformer 3 shards, T5 2 shards, CLIP, VAE
+        LayoutCase{"black-forest-labs/FLUX.1-dev", "flux", "flux-dev", 7},
+        LayoutCase{"black-forest-labs/FLUX.1-schnell", "flux", "flux-schnell", 7}),
+    [](const auto& info) {
+      std::string n = info.param.variant;
+      for (auto& ch : n)
+        if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+      return n;
+    });
+
+TEST(ModelFolder, ComponentFolderAndSingleFileAreDetected) {
+  auto c = open_model(layouts() / "black-forest-labs/FLUX.1-schnell/transformer");
+  EXPECT_EQ(c.kind, ModelKind::ComponentFolder);
+  EXPECT_EQ(c.family, "flux");
+  EXPECT_EQ(c.variant, "flux-schnell");
+  auto t5 = open_model(layouts() / "stabilityai/stable-diffusion-3.5-large/text_encoder_3");
+  EXPECT_EQ(t5.family, "t5");
+  EXPECT_EQ(t5.variant, "t5-v1.1-xxl");
+
+  auto dir = test::temp_dir("single_file_detect");
+  // An SAI-layout SD3.5-large-like file: joint blocks with QK norm.
+  write_safetensors(dir / "sd35.safetensors", {{"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", at::zeros({6, 2})},
+                                               {"model.diffusion_model.joint_blocks.0.x_block.attn.ln_q.weight", at::zeros({2})},
+                                               {"model.diffusion_model.joint_blocks.1.x_block.attn.qkv.weight", at::zeros({6, 2})}});
+  auto s = open_model(dir / "sd35.safetensors");
+  EXPECT_EQ(s.kind, ModelKind::SingleFile);
+  EXPECT_EQ(s.family, "sd3");
+  EXPECT_EQ(s.variant, "sd3.5-large-like (2 layers)");
+  write_safetensors(dir / "flux.safetensors", {{"double_blocks.0.img_attn.qkv.weight", at::zeros({3, 1})},
+                                               {"guidance_in.in_layer.weight", at::zeros({1, 1})}});
+  EXPECT_EQ(open_model(dir / "flux.safetensors").variant, "flux-dev");
+  EXPECT_THROW(open_model(dir / "nope"), FileError);
+}
+
+TEST(Inspect, ListsTensorsOfASmallCheckpoint) {
+  auto dir = test::temp_dir("inspect_small");
+  write_safetensors(dir / "m.safetensors", {{"a.weight", at::zeros({4, 3}, at::kBFloat16)}, {"b", at::zeros({5}, at::kFloat8_e4m3fn)}});
+  auto r = test::run_mmdit("inspect --tensors --json " + (dir / "m.safetensors").string(), "inspect_small");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["total_parameters"], 17);
+  auto list = j["components"][0]["tensor_list"];
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0]["name"], "a.weight");
+  EXPECT_EQ(list[0]["dtype"], "BF16");
+  EXPECT_EQ(list[0]["shape"], nlohmann::json({4, 3}));
+  EXPECT_EQ(list[1]["dtype"], "F8_E4M3");
+  auto t = test::run_mmdit("inspect --tensors " + (dir / "m.safetensors").string(), "inspect_small_text");
+  EXPECT_NE(t.out.find("a.weight  BF16  [4,3]"), std::string::npos) << t.out;
+}
+
+TEST(Cli, BadFlagsExitTwoWithOneLine) {
+  for (const std::string args : {"", "inspect", "inspect --bogus x", "frobnicate"}) {
+    auto r = test::run_mmdit(args, "badflag");
+    EXPECT_EQ(r.exit_code, 2) << args;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
+    EXPECT_TRUE(r.out.empty()) << args;
+  }
+  EXPECT_EQ(test::run_mmdit("--help", "help").exit_code, 0);
+}
+
+TEST(Png, TextChunksRoundTripAndPixelsDecode) {
+  auto dir = test::temp_dir("png");
+  Image img;
+  img.width = 5;
+  img.height = 3;
+  for (int i = 0; i < 5 * 3 * 3; ++i) img.pixels.push_back(uint8_t(i * 5));
+  std::map<std::string, std::string> text = {{"parameters", "a red circle\nSteps: 28, Seed: 42"},
+                                             {"prompt", "un cercle rouge, café ☕"}};
+  write_png(dir / "a.png", img, text);
+  EXPECT_EQ(read_png_text(dir / "a.png"), text);
+  Image back = read_png(dir / "a.png");
+  EXPECT_EQ(back.width, 5);
+  EXPECT_EQ(back.height, 3);
+  EXPECT_EQ(back.pixels, img.pixels);
+  // Atomic: no temp file left behind, and a failed write leaves nothing.
+  int files = 0;
+  for (auto& e : fs::directory_iterator(dir)) files += e.is_regular_file();
+  EXPECT_EQ(files, 1);
+  Image bad = img;
+  bad.pixels.pop_back();
+  EXPECT_THROW(write_png(dir / "b.png", bad), ShapeError);
+  EXPECT_FALSE(fs::exists(dir / "b.png"));
+  EXPECT_THROW(write_png(dir / "no/such/dir/c.png", img), FileError);
+}
+
+// Inputs the fuzzer found interesting stay regression tests: parse or FormatError, nothing else.
+TEST(Fuzz, CorpusParsesOrFailsCleanly) {
+  int n = 0;
+  for (const auto& dir : {test::source_dir() / "fuzz/corpus", test::source_dir() / "tests/corpus/bad"}) {
+    for (auto& e : fs::directory_iterator(dir)) {
+      if (!e.is_regular_file()) continue;
+      MappedFile map(e.path());
+      try {
+        auto h = parse_safetensors(map.data(), map.size(), e.path().string());
+        for (const auto& t : h.tensors) ASSERT_LE(h.data_offset + t.end, map.size());
+      } catch (const FormatError& err) {
+        EXPECT_EQ(std::string(err.what()).find('\n'), std::string::npos);
+      }
+      ++n;
+    }
+  }
+  EXPECT_GT(n, 20);
+}
+
+}  // namespace
+}  // namespace mmdit
