@@ -132,7 +132,7 @@ struct Charsmap {
       const char32_t c = text[i];
       if (c == '\r' && j < text.size() && text[j] == '\n') {
         ++j;
-      } else if (!(c < 0x20 || (c >= 0x7F && c < 0xA0) || c == 0x2028 || c == 0x2029)) {
+      } else if (!unicode::is_grapheme_control(c)) {
         while (j < text.size() && unicode::is_grapheme_extend(text[j])) ++j;
       }
       g.clear();

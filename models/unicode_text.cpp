@@ -157,6 +157,7 @@ bool is_letter(char32_t c) { return class_bits(c) & 1; }
 bool is_number(char32_t c) { return class_bits(c) & 2; }
 bool is_whitespace(char32_t c) { return class_bits(c) & 4; }
 bool is_grapheme_extend(char32_t c) { return class_bits(c) & 8; }
+bool is_grapheme_control(char32_t c) { return c < 0x80 ? (c < 0x20 || c == 0x7F) : (class_bits(c) & 16) != 0; }
 
 std::u32string to_lower(const std::u32string& s) {
   std::u32string out;

@@ -17,7 +17,8 @@ std::string encode_utf8(const std::u32string& s);
 bool is_letter(char32_t c);      // general category L*
 bool is_number(char32_t c);      // general category N*
 bool is_whitespace(char32_t c);  // White_Space property (Rust char::is_whitespace, Oniguruma \s)
-bool is_grapheme_extend(char32_t c);  // marks, ZWJ, emoji modifiers (continue a grapheme cluster)
+bool is_grapheme_extend(char32_t c);   // marks, ZWJ/ZWNJ, emoji modifiers (continue a grapheme cluster)
+bool is_grapheme_control(char32_t c);  // Cc, Zl, Zp, most Cf: a grapheme cluster of its own
 
 std::u32string to_lower(const std::u32string& s);  // full per-character lower-casing (Rust to_lowercase)
 std::u32string nfc(const std::u32string& s);       // canonical composition (NFC)

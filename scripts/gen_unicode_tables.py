@@ -3,7 +3,7 @@
 
     python3 scripts/gen_unicode_tables.py > models/unicode_tables.inc
 
-Tables: character classes as ranges (letter, number, white space, grapheme extend), simple lower-case
+Tables: character classes as ranges (letter, number, white space, grapheme extend, grapheme control), simple lower-case
 mappings as runs, canonical combining classes, canonical decompositions and NFC compositions.
 """
 import sys
@@ -12,6 +12,7 @@ import unicodedata as ud
 MAX = 0x110000
 WHITE = {0x9, 0xA, 0xB, 0xC, 0xD, 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029,
          0x202F, 0x205F, 0x3000}
+PREPEND = {*range(0x600, 0x606), 0x6DD, 0x70F, 0x890, 0x891, 0x8E2, 0x110BD, 0x110CD}
 
 
 def bits(c):
@@ -24,8 +25,11 @@ def bits(c):
     if c in WHITE:
         b |= 4
     # Grapheme_Cluster_Break Extend/SpacingMark/ZWJ (approximation: marks, ZWJ, emoji modifiers).
-    if cat[0] == "M" or c == 0x200D or 0x1F3FB <= c <= 0x1F3FF:
+    if cat[0] == "M" or c in (0x200C, 0x200D, 0xFF9E, 0xFF9F) or 0x1F3FB <= c <= 0x1F3FF or 0xE0020 <= c <= 0xE007F:
         b |= 8
+    # Grapheme_Cluster_Break Control: a grapheme of its own (nothing extends it).
+    if cat in ("Cc", "Zl", "Zp") or (cat == "Cf" and c not in PREPEND and not b & 8):
+        b |= 16
     return b
 
 
