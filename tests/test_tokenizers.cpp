@@ -34,6 +34,12 @@ std::string show(const std::vector<int64_t>& v) {
   return s;
 }
 
+std::string from_hex(const std::string& h) {
+  std::string s;
+  for (size_t i = 0; i + 1 < h.size(); i += 2) s.push_back(static_cast<char>(std::stoi(h.substr(i, 2), nullptr, 16)));
+  return s;
+}
+
 void check_case(const std::string& kind) {
   const auto g = goldens();
   ASSERT_FALSE(g.is_null()) << "missing " MMDIT_GOLDEN_DIR "/tokenizers/tokenizers.json";
@@ -45,18 +51,23 @@ void check_case(const std::string& kind) {
     const fs::path dir = layouts() / c["folder"].get<std::string>();
     if (!fs::exists(dir)) GTEST_SKIP() << "no tokenizer folder " << dir;
     const int n = c["max_length"].get<int>();
-    const auto expected = c["ids"].get<std::vector<std::vector<int64_t>>>();
+    // The prompts, then the invalid UTF-8 byte strings (expected: ids of Python's errors="replace").
+    std::vector<std::string> texts = prompts;
+    for (const auto& h : g["invalid_utf8"]) texts.push_back(from_hex(h.get<std::string>()));
+    auto expected = c["ids"].get<std::vector<std::vector<int64_t>>>();
+    for (const auto& ids : c["invalid_utf8_ids"]) expected.push_back(ids.get<std::vector<int64_t>>());
+    ASSERT_EQ(expected.size(), texts.size());
     std::vector<std::vector<int64_t>> got;
     if (kind == "clip") {
       const auto tok = ClipTokenizer::load(dir);
-      for (const auto& p : prompts) got.push_back(tok.encode(p, n));
+      for (const auto& p : texts) got.push_back(tok.encode(p, n));
     } else {
       const auto tok = T5Tokenizer::load(dir);
-      for (const auto& p : prompts) got.push_back(tok.encode(p, n));
+      for (const auto& p : texts) got.push_back(tok.encode(p, n));
     }
-    for (size_t i = 0; i < prompts.size(); ++i)
-      EXPECT_EQ(got[i], expected[i]) << c["name"].get<std::string>() << " prompt #" << i << " '"
-                                     << prompts[i].substr(0, 80) << "'\n got      " << show(got[i])
+    for (size_t i = 0; i < texts.size(); ++i)
+      EXPECT_EQ(got[i], expected[i]) << c["name"].get<std::string>() << " text #" << i << " '"
+                                     << texts[i].substr(0, 80) << "'\n got      " << show(got[i])
                                      << "\n expected " << show(expected[i]);
     ++cases;
   }

@@ -73,6 +73,13 @@ PROMPTS = [
     "s̈ Z̤̈ combining ñ ǹ",
 ]
 
+# Invalid UTF-8 (hex): the C++ tokenizers must give the ids of bytes.decode("utf-8", errors="replace").
+INVALID_UTF8 = [
+    "ff", "80", "c3", "c328", "e282", "e28228", "f09f98", "f09f9828", "eda080", "c0af", "e080af",
+    "f4908080", "f8888080af", "61fe62ff63", "636166c3a9c3", "00", "610062", "e29c93e2", "c3a9cc",
+    "cc81", "20cc81", "f09f918df09f8f",
+]
+
 LAYOUT = pathlib.Path(os.environ.get("MMDIT_SHARED_DIR",
                                      pathlib.Path(__file__).resolve().parents[3] / "shared")) / "model-layouts"
 CASES = [
@@ -90,9 +97,14 @@ def main(out_dir):
         path = LAYOUT / folder
         tok = CLIPTokenizer.from_pretrained(path) if kind == "clip" else T5TokenizerFast.from_pretrained(path)
         for n in lengths:
-            ids = [tok(p, padding="max_length", max_length=n, truncation=True)["input_ids"] for p in PROMPTS]
-            cases.append({"name": f"{name}_{n}", "kind": kind, "folder": folder, "max_length": n, "ids": ids})
-    (out_dir / "tokenizers.json").write_text(json.dumps({"prompts": PROMPTS, "cases": cases}, ensure_ascii=True))
+            def enc(text):
+                return tok(text, padding="max_length", max_length=n, truncation=True)["input_ids"]
+            cases.append({"name": f"{name}_{n}", "kind": kind, "folder": folder, "max_length": n,
+                          "ids": [enc(p) for p in PROMPTS],
+                          "invalid_utf8_ids": [enc(bytes.fromhex(h).decode("utf-8", errors="replace"))
+                                               for h in INVALID_UTF8]})
+    (out_dir / "tokenizers.json").write_text(
+        json.dumps({"prompts": PROMPTS, "invalid_utf8": INVALID_UTF8, "cases": cases}, ensure_ascii=True))
 
 
 if __name__ == "__main__":
