@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates models/unicode_tables.inc (used by models/unicode_text.cpp) from Python's unicodedata.
+"""Generates models/unicode_tables.inc (used by models/unicode_text.cpp); run it with the project venv.
 
     .venv/bin/python scripts/gen_unicode_tables.py > models/unicode_tables.inc
 
@@ -8,8 +8,8 @@ Rust's to_lowercase: exactly what the reference tokenizers use), grapheme cluste
 `regex` package, combining classes/decompositions from unicodedata restricted to those the NFC of
 tokenizers knows (its Unicode data is older); each falls back to unicodedata.
 
-Tables: character classes as ranges (letter, number, white space, grapheme extend, grapheme control), simple lower-case
-mappings as runs, canonical combining classes, canonical decompositions and NFC compositions.
+Tables: character classes as ranges (letter, number, white space, grapheme extend, grapheme control),
+simple lower-case mappings as runs, canonical combining classes, canonical decompositions and NFC compositions.
 """
 import sys
 import unicodedata as ud
