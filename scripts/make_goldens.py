@@ -33,7 +33,9 @@ def main() -> int:
         (out / name).mkdir(parents=True, exist_ok=True)
         spec = importlib.util.spec_from_file_location(f"goldens_{name}", src)
         mod = importlib.util.module_from_spec(spec)
-        sys.path.insert(0, str(here))
+        # Appended, not prepended: scripts/goldens/tokenizers.py must not shadow the `tokenizers` package.
+        if str(here) not in sys.path:
+            sys.path.append(str(here))
         spec.loader.exec_module(mod)
         t0 = time.time()
         mod.main(out / name)
