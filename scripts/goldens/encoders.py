@@ -16,13 +16,16 @@ VOCAB = 1000
 BOS, EOS = 998, 999
 
 
-def clip_ids(lengths, total, pad):
-    """[BOS, random words..., EOS, pad...] rows, like CLIPTokenizer(padding="max_length")."""
+def clip_ids(lengths, total, pad, eos=EOS, high_word=None):
+    """[BOS, random words..., EOS, pad...] rows, like CLIPTokenizer(padding="max_length"). high_word: an
+    id above eos put among the words, so pooling at argmax(ids) and at the first EOS differ."""
     g = torch.Generator().manual_seed(sum(lengths) + total)
     rows, mask = [], []
     for n in lengths:
-        words = torch.randint(2, BOS, (n,), generator=g).tolist()
-        row = [BOS] + words + [EOS]
+        words = torch.randint(2, min(BOS, eos), (n,), generator=g).tolist()
+        if high_word is not None:
+            words[n // 2] = high_word
+        row = [BOS] + words + [eos]
         mask.append([1] * len(row) + [0] * (total - len(row)))
         rows.append(row + [pad] * (total - len(row)))
     return torch.tensor(rows, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
@@ -81,11 +84,12 @@ def main(out_dir):
     ids, mask = clip_ids([5, 20, 75], 77, pad=EOS)
     run_clip(out, "clip_l", CLIPTextModelWithProjection(cfg), ids, mask)
 
-    # bigG-like: gelu, projection, eos_token_id set to the real EOS id (first occurrence), padded with 0.
+    # bigG-like: gelu, projection, eos_token_id != 2 (pooled at the first EOS), padded with 0. Its EOS
+    # (900) is not the highest id in the rows, so the legacy argmax rule would pick another token.
     cfg = CLIPTextConfig(vocab_size=VOCAB, hidden_size=40, intermediate_size=96, num_hidden_layers=3,
                          num_attention_heads=5, max_position_embeddings=77, hidden_act="gelu",
-                         projection_dim=32, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=0)
-    ids, mask = clip_ids([3, 9, 18], 20, pad=0)
+                         projection_dim=32, bos_token_id=BOS, eos_token_id=900, pad_token_id=0)
+    ids, mask = clip_ids([3, 9, 18], 20, pad=0, eos=900, high_word=950)
     run_clip(out, "clip_g", CLIPTextModelWithProjection(cfg), ids, mask)
 
     # CLIPTextModel without projection; pad == eos, so only the first EOS is the pooled token.
