@@ -117,6 +117,9 @@ TEST(ClipText, LoadsFromPrefixedSingleFile) {
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const auto& t : src->header().tensors)
     tensors.emplace_back("text_encoders.clip_l.transformer." + t.name, src->tensor(t.name));
+  // Some SAI files still carry the non-persistent position_ids buffer; it is ignored.
+  tensors.emplace_back("text_encoders.clip_l.transformer.text_model.embeddings.position_ids",
+                       at::arange(77, at::kLong).unsqueeze(0));
   tensors.emplace_back("model.diffusion_model.x_embedder.proj.weight", at::zeros({2, 2}));
   tensors.emplace_back("text_encoders.clip_g.transformer.text_projection.weight", at::zeros({2, 2}));
   write_safetensors(dir / "sd3.safetensors", tensors);
