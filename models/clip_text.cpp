@@ -8,6 +8,7 @@
 #include "core/attention.h"
 #include "core/errors.h"
 #include "core/weights.h"
+#include "models/encoder_layers.h"
 
 namespace mmdit {
 namespace fs = std::filesystem;
@@ -77,20 +78,21 @@ ClipTextConfig ClipTextConfig::clip_g() {
 namespace clip_detail {
 
 struct Embeddings : nn::Module {
-  explicit Embeddings(const ClipTextConfig& c) {
-    token_embedding = register_module("token_embedding", nn::Embedding(c.vocab_size, c.hidden_size));
-    position_embedding = register_module("position_embedding", nn::Embedding(c.max_position_embeddings, c.hidden_size));
+  Embeddings(const ClipTextConfig& c, const at::TensorOptions& o) {
+    token_embedding = register_module("token_embedding", std::make_shared<layers::Embedding>(c.vocab_size, c.hidden_size, o));
+    position_embedding = register_module(
+        "position_embedding", std::make_shared<layers::Embedding>(c.max_position_embeddings, c.hidden_size, o));
   }
-  nn::Embedding token_embedding{nullptr}, position_embedding{nullptr};
+  std::shared_ptr<layers::Embedding> token_embedding, position_embedding;
 };
 
 struct Attention : nn::Module {
-  explicit Attention(const ClipTextConfig& c) : heads(c.num_attention_heads) {
+  Attention(const ClipTextConfig& c, const at::TensorOptions& o) : heads(c.num_attention_heads) {
     const auto h = c.hidden_size;
-    k_proj = register_module("k_proj", nn::Linear(h, h));
-    v_proj = register_module("v_proj", nn::Linear(h, h));
-    q_proj = register_module("q_proj", nn::Linear(h, h));
-    out_proj = register_module("out_proj", nn::Linear(h, h));
+    k_proj = register_module("k_proj", std::make_shared<layers::Linear>(h, h, true, o));
+    v_proj = register_module("v_proj", std::make_shared<layers::Linear>(h, h, true, o));
+    q_proj = register_module("q_proj", std::make_shared<layers::Linear>(h, h, true, o));
+    out_proj = register_module("out_proj", std::make_shared<layers::Linear>(h, h, true, o));
   }
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask, int layer) {
     const auto B = x.size(0), T = x.size(1);
@@ -100,71 +102,71 @@ struct Attention : nn::Module {
     desc.layer = layer;
     desc.heads = heads;
     desc.text = {0, T};
-    at::Tensor o = attention(split(q_proj(x)), split(k_proj(x)), split(v_proj(x)), desc, mask);
-    return out_proj(o.transpose(1, 2).reshape({B, T, -1}));
+    at::Tensor a = attention(split(q_proj->forward(x)), split(k_proj->forward(x)), split(v_proj->forward(x)), desc, mask);
+    return out_proj->forward(a.transpose(1, 2).reshape({B, T, -1}));
   }
   int64_t heads;
-  nn::Linear k_proj{nullptr}, v_proj{nullptr}, q_proj{nullptr}, out_proj{nullptr};
+  std::shared_ptr<layers::Linear> k_proj, v_proj, q_proj, out_proj;
 };
 
 struct Mlp : nn::Module {
-  explicit Mlp(const ClipTextConfig& c) : quick(c.hidden_act == "quick_gelu") {
-    fc1 = register_module("fc1", nn::Linear(c.hidden_size, c.intermediate_size));
-    fc2 = register_module("fc2", nn::Linear(c.intermediate_size, c.hidden_size));
+  Mlp(const ClipTextConfig& c, const at::TensorOptions& o) : quick(c.hidden_act == "quick_gelu") {
+    fc1 = register_module("fc1", std::make_shared<layers::Linear>(c.hidden_size, c.intermediate_size, true, o));
+    fc2 = register_module("fc2", std::make_shared<layers::Linear>(c.intermediate_size, c.hidden_size, true, o));
   }
   at::Tensor forward(const at::Tensor& x) {
-    at::Tensor h = fc1(x);
+    at::Tensor h = fc1->forward(x);
     h = quick ? h * at::sigmoid(h * 1.702) : at::gelu(h);
-    return fc2(h);
+    return fc2->forward(h);
   }
   bool quick;
-  nn::Linear fc1{nullptr}, fc2{nullptr};
+  std::shared_ptr<layers::Linear> fc1, fc2;
 };
 
 struct Layer : nn::Module {
-  explicit Layer(const ClipTextConfig& c) {
-    auto ln = [&] { return nn::LayerNorm(nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)); };
-    self_attn = register_module("self_attn", std::make_shared<Attention>(c));
+  Layer(const ClipTextConfig& c, const at::TensorOptions& o) {
+    auto ln = [&] { return std::make_shared<layers::LayerNorm>(c.hidden_size, c.layer_norm_eps, o); };
+    self_attn = register_module("self_attn", std::make_shared<Attention>(c, o));
     layer_norm1 = register_module("layer_norm1", ln());
-    mlp = register_module("mlp", std::make_shared<Mlp>(c));
+    mlp = register_module("mlp", std::make_shared<Mlp>(c, o));
     layer_norm2 = register_module("layer_norm2", ln());
   }
   at::Tensor forward(at::Tensor x, const at::Tensor& mask, int layer) {
-    x = x + self_attn->forward(layer_norm1(x), mask, layer);
-    return x + mlp->forward(layer_norm2(x));
+    x = x + self_attn->forward(layer_norm1->forward(x), mask, layer);
+    return x + mlp->forward(layer_norm2->forward(x));
   }
   std::shared_ptr<Attention> self_attn;
-  nn::LayerNorm layer_norm1{nullptr}, layer_norm2{nullptr};
+  std::shared_ptr<layers::LayerNorm> layer_norm1, layer_norm2;
   std::shared_ptr<Mlp> mlp;
 };
 
 struct Encoder : nn::Module {
-  explicit Encoder(const ClipTextConfig& c) {
+  Encoder(const ClipTextConfig& c, const at::TensorOptions& o) {
     layers = register_module("layers", nn::ModuleList());
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(std::make_shared<Layer>(c));
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(std::make_shared<Layer>(c, o));
   }
   nn::ModuleList layers{nullptr};
 };
 
 struct TextTransformer : nn::Module {
-  explicit TextTransformer(const ClipTextConfig& c) {
-    embeddings = register_module("embeddings", std::make_shared<Embeddings>(c));
-    encoder = register_module("encoder", std::make_shared<Encoder>(c));
-    final_layer_norm =
-        register_module("final_layer_norm", nn::LayerNorm(nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)));
+  TextTransformer(const ClipTextConfig& c, const at::TensorOptions& o) {
+    embeddings = register_module("embeddings", std::make_shared<Embeddings>(c, o));
+    encoder = register_module("encoder", std::make_shared<Encoder>(c, o));
+    final_layer_norm = register_module("final_layer_norm", std::make_shared<layers::LayerNorm>(c.hidden_size, c.layer_norm_eps, o));
   }
   std::shared_ptr<Embeddings> embeddings;
   std::shared_ptr<Encoder> encoder;
-  nn::LayerNorm final_layer_norm{nullptr};
+  std::shared_ptr<layers::LayerNorm> final_layer_norm;
 };
 
 }  // namespace clip_detail
 
-ClipTextModel::ClipTextModel(const ClipTextConfig& config) : config_(config) {
-  text_model_ = register_module("text_model", std::make_shared<clip_detail::TextTransformer>(config));
+ClipTextModel::ClipTextModel(const ClipTextConfig& config, const at::TensorOptions& options) : config_(config) {
+  const auto& o = options;
+  text_model_ = register_module("text_model", std::make_shared<clip_detail::TextTransformer>(config, o));
   if (config.with_projection)
     text_projection_ = register_module(
-        "text_projection", nn::Linear(nn::LinearOptions(config.hidden_size, config.projection_dim).bias(false)).ptr());
+        "text_projection", std::make_shared<layers::Linear>(config.hidden_size, config.projection_dim, false, o));
 }
 
 at::Device ClipTextModel::device() const { return text_model_->final_layer_norm->weight.device(); }
@@ -186,8 +188,7 @@ std::shared_ptr<ClipTextModel> ClipTextModel::load(const WeightStore& store0, co
                       std::string(store.size() ? "" : " (no tensors found)"));
   ClipTextConfig config = config0;
   config.with_projection = store.has("text_projection.weight");
-  auto model = std::make_shared<ClipTextModel>(config);
-  model->to(device, dtype);
+  auto model = std::make_shared<ClipTextModel>(config, at::TensorOptions().device(device).dtype(dtype));
   load_module(*model, store);
   model->eval();
   return model;
@@ -209,8 +210,8 @@ ClipTextOutput ClipTextModel::forward(const at::Tensor& input_ids0, const std::o
   const auto dev = device();
   at::Tensor ids = input_ids0.to(dev, at::kLong);
   auto& tm = *text_model_;
-  at::Tensor x = tm.embeddings->token_embedding(ids) +
-                 tm.embeddings->position_embedding(at::arange(T, ids.options())).unsqueeze(0);
+  at::Tensor x = tm.embeddings->token_embedding->forward(ids) +
+                 tm.embeddings->position_embedding->forward(at::arange(T, ids.options())).unsqueeze(0);
 
   // Causal mask (true = attend), combined with padding keys when a mask is given.
   at::Tensor mask = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(dev)).tril().view({1, 1, T, T});
@@ -227,14 +228,14 @@ ClipTextOutput ClipTextModel::forward(const at::Tensor& input_ids0, const std::o
     x = m->as<clip_detail::Layer>()->forward(x, mask, i++);
     out.hidden_states.push_back(x);
   }
-  out.last_hidden_state = tm.final_layer_norm(x);
+  out.last_hidden_state = tm.final_layer_norm->forward(x);
 
   // Pooled token, exactly as transformers: eos_token_id == 2 is the legacy config, pooled at the highest
   // token id; otherwise at the first occurrence of eos_token_id (position 0 if there is none).
   at::Tensor ids32 = ids.to(at::kInt);
   at::Tensor pos = config_.eos_token_id == 2 ? ids32.argmax(-1) : ids32.eq(config_.eos_token_id).to(at::kInt).argmax(-1);
   out.pooled = out.last_hidden_state.index({at::arange(B, pos.options()), pos});
-  if (text_projection_) out.text_embeds = text_projection_->as<nn::Linear>()->forward(out.pooled);
+  if (text_projection_) out.text_embeds = text_projection_->forward(out.pooled);
   return out;
 }
 

@@ -50,10 +50,14 @@ struct ClipTextOutput {
 namespace clip_detail {
 struct TextTransformer;
 }
+namespace layers {
+struct Linear;
+}
 
 class ClipTextModel : public torch::nn::Module {
  public:
-  explicit ClipTextModel(const ClipTextConfig& config);
+  // Parameters are allocated uninitialized with `options` (dtype/device); load() fills them.
+  explicit ClipTextModel(const ClipTextConfig& config, const at::TensorOptions& options = {});
 
   // Reads component_dir/config.json and the folder's weights (single file or sharded index). The
   // projection is present iff the weights hold text_projection.weight. Accepts transformers 4.x names
@@ -76,7 +80,7 @@ class ClipTextModel : public torch::nn::Module {
  private:
   ClipTextConfig config_;
   std::shared_ptr<clip_detail::TextTransformer> text_model_;
-  std::shared_ptr<torch::nn::Module> text_projection_;  // torch::nn::LinearImpl, null without projection
+  std::shared_ptr<layers::Linear> text_projection_;  // null without projection
 };
 
 }  // namespace mmdit

@@ -10,6 +10,7 @@
 #include "core/attention.h"
 #include "core/errors.h"
 #include "core/weights.h"
+#include "models/encoder_layers.h"
 
 namespace mmdit {
 namespace fs = std::filesystem;
@@ -80,7 +81,9 @@ T5Config T5Config::t5_xxl() { return T5Config{}; }
 namespace t5_detail {
 
 struct LayerNorm : nn::Module {
-  LayerNorm(int64_t n, double eps) : eps(eps) { weight = register_parameter("weight", torch::ones({n})); }
+  LayerNorm(int64_t n, double eps, const at::TensorOptions& o) : eps(eps) {
+    weight = register_parameter("weight", at::empty({n}, o), /*requires_grad=*/false);
+  }
   at::Tensor forward(const at::Tensor& x) {
     at::Tensor variance = x.to(at::kFloat).pow(2).mean(-1, /*keepdim=*/true);
     at::Tensor h = x * at::rsqrt(variance + eps);
@@ -92,16 +95,17 @@ struct LayerNorm : nn::Module {
 };
 
 struct Attention : nn::Module {
-  Attention(const T5Config& c, bool has_bias) : heads(c.num_heads) {
+  Attention(const T5Config& c, bool has_bias, const at::TensorOptions& opts) : heads(c.num_heads) {
     const auto inner = c.num_heads * c.d_kv;
-    auto lin = [](int64_t i, int64_t o) { return nn::Linear(nn::LinearOptions(i, o).bias(false)); };
+    auto lin = [&](int64_t i, int64_t o) { return std::make_shared<layers::Linear>(i, o, false, opts); };
     q = register_module("q", lin(c.d_model, inner));
     k = register_module("k", lin(c.d_model, inner));
     v = register_module("v", lin(c.d_model, inner));
     o = register_module("o", lin(inner, c.d_model));
     if (has_bias)
       relative_attention_bias =
-          register_module("relative_attention_bias", nn::Embedding(c.relative_attention_num_buckets, c.num_heads));
+          register_module("relative_attention_bias",
+                          std::make_shared<layers::Embedding>(c.relative_attention_num_buckets, c.num_heads, opts));
   }
   at::Tensor forward(const at::Tensor& x, const at::Tensor& bias, int layer) {
     const auto B = x.size(0), T = x.size(1);
@@ -112,26 +116,26 @@ struct Attention : nn::Module {
     desc.heads = heads;
     desc.text = {0, T};
     // T5 folds 1/sqrt(d) into its weights: scale 1 cancels SDPA's default.
-    at::Tensor out = attention(split(q(x)), split(k(x)), split(v(x)), desc, bias, /*scale=*/1.0);
-    return o(out.transpose(1, 2).reshape({B, T, -1}));
+    at::Tensor out = attention(split(q->forward(x)), split(k->forward(x)), split(v->forward(x)), desc, bias, /*scale=*/1.0);
+    return o->forward(out.transpose(1, 2).reshape({B, T, -1}));
   }
   int64_t heads;
-  nn::Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
-  nn::Embedding relative_attention_bias{nullptr};
+  std::shared_ptr<layers::Linear> q, k, v, o;
+  std::shared_ptr<layers::Embedding> relative_attention_bias;
 };
 
 struct SelfAttentionLayer : nn::Module {
-  SelfAttentionLayer(const T5Config& c, bool has_bias) {
-    SelfAttention = register_module("SelfAttention", std::make_shared<Attention>(c, has_bias));
-    layer_norm = register_module("layer_norm", std::make_shared<LayerNorm>(c.d_model, c.layer_norm_epsilon));
+  SelfAttentionLayer(const T5Config& c, bool has_bias, const at::TensorOptions& o) {
+    SelfAttention = register_module("SelfAttention", std::make_shared<Attention>(c, has_bias, o));
+    layer_norm = register_module("layer_norm", std::make_shared<LayerNorm>(c.d_model, c.layer_norm_epsilon, o));
   }
   std::shared_ptr<Attention> SelfAttention;
   std::shared_ptr<LayerNorm> layer_norm;
 };
 
 struct DenseActDense : nn::Module {
-  explicit DenseActDense(const T5Config& c) : gated(c.is_gated_act), act(c.dense_act_fn) {
-    auto lin = [](int64_t i, int64_t o) { return nn::Linear(nn::LinearOptions(i, o).bias(false)); };
+  DenseActDense(const T5Config& c, const at::TensorOptions& opts) : gated(c.is_gated_act), act(c.dense_act_fn) {
+    auto lin = [&](int64_t i, int64_t o) { return std::make_shared<layers::Linear>(i, o, false, opts); };
     if (gated) {
       wi_0 = register_module("wi_0", lin(c.d_model, c.d_ff));
       wi_1 = register_module("wi_1", lin(c.d_model, c.d_ff));
@@ -146,30 +150,30 @@ struct DenseActDense : nn::Module {
     return at::relu(x);
   }
   at::Tensor forward(const at::Tensor& x) {
-    at::Tensor h = gated ? activation(wi_0(x)) * wi_1(x) : activation(wi(x));
+    at::Tensor h = gated ? activation(wi_0->forward(x)) * wi_1->forward(x) : activation(wi->forward(x));
     // wo may be kept in float32 (f16 models, as transformers' _keep_in_fp32_modules).
     if (h.scalar_type() != wo->weight.scalar_type()) h = h.to(wo->weight.scalar_type());
-    return wo(h);
+    return wo->forward(h);
   }
   bool gated;
   std::string act;
-  nn::Linear wi_0{nullptr}, wi_1{nullptr}, wi{nullptr}, wo{nullptr};
+  std::shared_ptr<layers::Linear> wi_0, wi_1, wi, wo;
 };
 
 struct FFLayer : nn::Module {
-  explicit FFLayer(const T5Config& c) {
-    DenseReluDense = register_module("DenseReluDense", std::make_shared<DenseActDense>(c));
-    layer_norm = register_module("layer_norm", std::make_shared<LayerNorm>(c.d_model, c.layer_norm_epsilon));
+  FFLayer(const T5Config& c, const at::TensorOptions& o) {
+    DenseReluDense = register_module("DenseReluDense", std::make_shared<DenseActDense>(c, o));
+    layer_norm = register_module("layer_norm", std::make_shared<LayerNorm>(c.d_model, c.layer_norm_epsilon, o));
   }
   std::shared_ptr<DenseActDense> DenseReluDense;
   std::shared_ptr<LayerNorm> layer_norm;
 };
 
 struct Block : nn::Module {
-  Block(const T5Config& c, bool has_bias) {
+  Block(const T5Config& c, bool has_bias, const at::TensorOptions& o) {
     layer = register_module("layer", nn::ModuleList());
-    attn = std::make_shared<SelfAttentionLayer>(c, has_bias);
-    ff = std::make_shared<FFLayer>(c);
+    attn = std::make_shared<SelfAttentionLayer>(c, has_bias, o);
+    ff = std::make_shared<FFLayer>(c, o);
     layer->push_back(attn);
     layer->push_back(ff);
   }
@@ -185,10 +189,10 @@ struct Block : nn::Module {
 };
 
 struct Stack : nn::Module {
-  explicit Stack(const T5Config& c) {
+  Stack(const T5Config& c, const at::TensorOptions& o) {
     block = register_module("block", nn::ModuleList());
-    for (int64_t i = 0; i < c.num_layers; ++i) block->push_back(std::make_shared<Block>(c, i == 0));
-    final_layer_norm = register_module("final_layer_norm", std::make_shared<LayerNorm>(c.d_model, c.layer_norm_epsilon));
+    for (int64_t i = 0; i < c.num_layers; ++i) block->push_back(std::make_shared<Block>(c, i == 0, o));
+    final_layer_norm = register_module("final_layer_norm", std::make_shared<LayerNorm>(c.d_model, c.layer_norm_epsilon, o));
   }
   Block& at(size_t i) { return *block[i]->as<Block>(); }
   nn::ModuleList block{nullptr};
@@ -197,9 +201,15 @@ struct Stack : nn::Module {
 
 }  // namespace t5_detail
 
-T5EncoderModel::T5EncoderModel(const T5Config& config) : config_(config) {
-  shared_ = register_module("shared", nn::Embedding(config.vocab_size, config.d_model).ptr());
-  encoder_ = register_module("encoder", std::make_shared<t5_detail::Stack>(config));
+T5EncoderModel::T5EncoderModel(const T5Config& config, const at::TensorOptions& options)
+    : config_(config), dtype_(options.dtype().toScalarType()) {
+  shared_ = register_module("shared", std::make_shared<layers::Embedding>(config.vocab_size, config.d_model, options));
+  encoder_ = register_module("encoder", std::make_shared<t5_detail::Stack>(config, options));
+  if (dtype_ == at::kHalf)  // transformers keeps "wo" in float32 for float16 (T5 overflows otherwise)
+    for (size_t i = 0; i < encoder_->block->size(); ++i) {
+      auto& wo = encoder_->at(i).ff->DenseReluDense->wo;
+      wo->weight.set_data(wo->weight.to(at::kFloat));
+    }
 }
 
 at::Device T5EncoderModel::device() const { return encoder_->final_layer_norm->weight.device(); }
@@ -227,7 +237,7 @@ at::Tensor T5EncoderModel::position_bias(int64_t q_len, int64_t k_len) {
   at::Tensor rel = at::arange(k_len, opts).unsqueeze(0) - at::arange(q_len, opts).unsqueeze(1);
   at::Tensor b = relative_position_bucket(rel, config_.relative_attention_num_buckets,
                                           config_.relative_attention_max_distance);
-  return emb(b).permute({2, 0, 1}).unsqueeze(0);
+  return emb->forward(b).permute({2, 0, 1}).unsqueeze(0);
 }
 
 std::shared_ptr<T5EncoderModel> T5EncoderModel::load(const WeightStore& store0, const T5Config& config,
@@ -241,12 +251,7 @@ std::shared_ptr<T5EncoderModel> T5EncoderModel::load(const WeightStore& store0, 
   if (!store.has("shared.weight"))
     throw FormatError("T5 encoder weights lack shared.weight (or encoder.embed_tokens.weight)" +
                       std::string(store.size() ? "" : ": no tensors found"));
-  auto model = std::make_shared<T5EncoderModel>(config);
-  model->to(device, dtype);
-  model->dtype_ = dtype;
-  if (dtype == at::kHalf)  // transformers keeps "wo" in float32 for float16 (T5 overflows otherwise)
-    for (size_t i = 0; i < model->encoder_->block->size(); ++i)
-      model->encoder_->at(i).ff->DenseReluDense->wo->to(at::kFloat);
+  auto model = std::make_shared<T5EncoderModel>(config, at::TensorOptions().device(device).dtype(dtype));
   load_module(*model, store);
   model->eval();
   return model;
@@ -264,7 +269,7 @@ at::Tensor T5EncoderModel::forward(const at::Tensor& input_ids0, const std::opti
   const auto B = input_ids0.size(0), T = input_ids0.size(1);
   const auto dev = device();
   at::Tensor ids = input_ids0.to(dev, at::kLong);
-  at::Tensor h = shared_->as<nn::Embedding>()->forward(ids);
+  at::Tensor h = shared_->forward(ids);
   at::Tensor bias = position_bias(T, T);  // [1, heads, T, T] additive
   if (attention_mask) {
     if (attention_mask->sizes() != ids.sizes()) throw ShapeError("T5 attention_mask must have input_ids' shape");

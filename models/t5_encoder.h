@@ -43,10 +43,14 @@ struct T5Config {
 namespace t5_detail {
 struct Stack;
 }
+namespace layers {
+struct Embedding;
+}
 
 class T5EncoderModel : public torch::nn::Module {
  public:
-  explicit T5EncoderModel(const T5Config& config);
+  // Parameters are allocated uninitialized with `options` (dtype/device); load() fills them.
+  explicit T5EncoderModel(const T5Config& config, const at::TensorOptions& options = {});
 
   // Reads component_dir/config.json and the folder's weights (single file or sharded index). Weights
   // named encoder.embed_tokens.weight stand for the tied shared.weight; decoder.* / lm_head.* are ignored.
@@ -75,7 +79,7 @@ class T5EncoderModel : public torch::nn::Module {
  private:
   T5Config config_;
   at::ScalarType dtype_ = at::kFloat;
-  std::shared_ptr<torch::nn::Module> shared_;  // torch::nn::EmbeddingImpl
+  std::shared_ptr<layers::Embedding> shared_;
   std::shared_ptr<t5_detail::Stack> encoder_;
 };
 
