@@ -34,7 +34,7 @@ at::Tensor apply(const at::Tensor& t, Transform tr, const std::string& name) {
       return at::cat({h[1], h[0]}, 0);
     }
     case Transform::SqueezeConv: {
-      if (t.dim() == 2) return t;
+      if (t.dim() <= 2) return t;  // biases, or already a linear weight
       for (int64_t d = 2; d < t.dim(); ++d)
         if (t.size(d) != 1) throw ShapeError(name + ": expected a 1x1 convolution, got shape " + shape_str(t.sizes()));
       return t.reshape({t.size(0), t.size(1)});

@@ -1,12 +1,14 @@
 // SD3 / SD3.5 transformer, 16-channel VAE and flow-matching scheduler against diffusers goldens
 // (scripts/goldens/sd3.py: tiny random models in the diffusers layout and as SAI single files).
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include "core/errors.h"
 #include "core/safetensors.h"
 #include "core/weights.h"
 #include "models/sd3_transformer.h"
+#include "models/vae.h"
 #include "tests/test_util.h"
 
 namespace mmdit {
@@ -89,6 +91,74 @@ TEST(SD3Transformer, BadInputsAreShapeErrors) {
   EXPECT_THROW(m->forward(at::zeros({1, 4, 32, 24}), ctx, pooled, t), ShapeError);    // channels
   EXPECT_THROW(m->forward(at::zeros({1, 16, 32, 24}), at::zeros({1, 3, 8}), pooled, t), ShapeError);
   EXPECT_NO_THROW(m->forward(at::zeros({1, 16, 48, 48}), ctx, pooled, t));           // the full 24x24 grid
+}
+
+class VaeGolden : public ::testing::TestWithParam<std::string> {};
+
+void check_vae(AutoencoderKL& vae, const Golden& io, at::ScalarType dtype, double tol, const std::string& what) {
+  torch::NoGradGuard ng;
+  auto report = [&](const char* name, const at::Tensor& got, const at::Tensor& want) {
+    double e = rel_err(got, want);
+    std::printf("[vae] %s %s: rel err %.3g\n", what.c_str(), name, e);
+    EXPECT_LE(e, tol) << what << " " << name;
+  };
+  report("decode", vae.decode_latents(io["latents"].to(dtype)), io["decoded"]);
+  at::Tensor image = io["image"].to(dtype);
+  at::Tensor moments = vae.encode_moments(image);
+  report("encode mean", vae.encode_mean(image), io["mean"]);
+  report("encode logvar", moments.narrow(1, vae.config().latent_channels, vae.config().latent_channels), io["logvar"]);
+  report("encode latents", vae.encode_latents(image), io["encoded_latents"]);
+}
+
+TEST_P(VaeGolden, FolderMatchesDiffusers) {
+  Golden io(GetParam() + "_io.safetensors");
+  auto vae = AutoencoderKL::load(kDir / GetParam(), at::kCPU, at::kFloat);
+  check_vae(*vae, io, at::kFloat, 1e-4, GetParam() + " folder f32");
+}
+
+TEST_P(VaeGolden, LdmSingleFileMatchesDiffusers) {
+  Golden io(GetParam() + "_io.safetensors");
+  auto store = WeightStore::open(kDir / (GetParam() + "_ldm.safetensors"));
+  auto config = infer_vae_config(store, /*norm_num_groups=*/4);
+  auto folder = AutoencoderKL::load(kDir / GetParam(), at::kCPU, at::kFloat)->config();
+  EXPECT_EQ(config.block_out_channels, folder.block_out_channels);
+  EXPECT_EQ(config.layers_per_block, folder.layers_per_block);
+  EXPECT_EQ(config.latent_channels, folder.latent_channels);
+  EXPECT_EQ(config.use_quant_conv, folder.use_quant_conv);
+  config.scaling_factor = folder.scaling_factor;
+  config.shift_factor = folder.shift_factor;
+  auto vae = load_vae_single_file(store, config, at::kCPU, at::kFloat);
+  check_vae(*vae, io, at::kFloat, 1e-4, GetParam() + " LDM f32");
+}
+
+TEST_P(VaeGolden, Bf16IsClose) {
+  Golden io(GetParam() + "_io.safetensors");
+  auto vae = AutoencoderKL::load(kDir / GetParam(), at::kCPU, at::kBFloat16);
+  check_vae(*vae, io, at::kBFloat16, 5e-2, GetParam() + " folder bf16");
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, VaeGolden, ::testing::Values("vae_tiny", "vae_quant_tiny"));
+
+TEST(Vae, Sd3ConfigAndBadShapes) {
+  auto j = nlohmann::json::parse(R"({"latent_channels":16,"block_out_channels":[128,256,512,512],"layers_per_block":2,
+      "norm_num_groups":32,"scaling_factor":1.5305,"shift_factor":0.0609,"use_quant_conv":false,
+      "use_post_quant_conv":false,"down_block_types":["DownEncoderBlock2D","DownEncoderBlock2D","DownEncoderBlock2D",
+      "DownEncoderBlock2D"],"latents_mean":null})");
+  auto c = VaeConfig::from_json(j);
+  EXPECT_FALSE(c.use_quant_conv);
+  EXPECT_DOUBLE_EQ(c.shift_factor, 0.0609);
+  j["down_block_types"][0] = "AttnDownEncoderBlock2D";
+  EXPECT_THROW(VaeConfig::from_json(j), FormatError);
+
+  torch::NoGradGuard ng;
+  auto vae = AutoencoderKL::load(kDir / "vae_tiny", at::kCPU, at::kFloat);
+  EXPECT_THROW(vae->decode(at::zeros({1, 4, 8, 8})), ShapeError);
+  EXPECT_THROW(vae->encode_mean(at::zeros({1, 3, 31, 32})), ShapeError);
+  // A 4-channel LDM file does not fit a 16-channel config.
+  auto store = WeightStore::open(kDir / "vae_quant_tiny_ldm.safetensors");
+  auto wrong = infer_vae_config(store, 4);
+  wrong.latent_channels = 16;
+  EXPECT_THROW(load_vae_single_file(store, wrong, at::kCPU, at::kFloat), ShapeError);
 }
 
 }  // namespace
