@@ -9,6 +9,7 @@
 #include "core/weights.h"
 #include "models/sd3_transformer.h"
 #include "models/vae.h"
+#include "samplers/flow_match.h"
 #include "tests/test_util.h"
 
 namespace mmdit {
@@ -159,6 +160,88 @@ TEST(Vae, Sd3ConfigAndBadShapes) {
   auto wrong = infer_vae_config(store, 4);
   wrong.latent_channels = 16;
   EXPECT_THROW(load_vae_single_file(store, wrong, at::kCPU, at::kFloat), ShapeError);
+}
+
+// Max elementwise |a - b| / max(|b|, 1e-6): the schedule should match to float32 rounding or better.
+double max_rel(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor x = a.to(at::kDouble), y = b.to(at::kDouble);
+  return ((x - y).abs() / y.abs().clamp_min(1e-6)).max().item<double>();
+}
+
+at::Tensor vec(const std::vector<float>& v) { return at::tensor(at::ArrayRef<float>(v)); }
+
+TEST(FlowMatch, SigmasAndTimestepsMatchDiffusers) {
+  Golden g("scheduler.safetensors");
+  double worst = 0;
+  struct Case { int steps; double shift; const char* key; };
+  for (auto c : {Case{28, 3.0, "28_3.0"}, Case{4, 1.0, "4_1.0"}, Case{10, 3.0, "10_3.0"}, Case{1, 3.0, "1_3.0"},
+                 Case{50, 1.15, "50_1.15"}}) {
+    FlowMatchConfig cfg;
+    cfg.shift = c.shift;
+    FlowMatchEulerScheduler s(cfg);
+    s.set_timesteps(c.steps);
+    ASSERT_EQ(s.num_steps(), c.steps);
+    ASSERT_EQ(s.sigmas().size(), size_t(c.steps + 1));
+    EXPECT_EQ(s.sigmas().back(), 0.0f);
+    double e = std::max(max_rel(vec(s.sigmas()), g[std::string("sigmas_") + c.key]),
+                        max_rel(vec(s.timesteps()), g[std::string("timesteps_") + c.key]));
+    EXPECT_LE(e, 1e-6) << c.key;
+    worst = std::max(worst, e);
+  }
+  // Dynamic shifting (FLUX): default sigmas and custom linspace(1, 1/n, n) sigmas.
+  auto j = nlohmann::json::parse(R"({"num_train_timesteps":1000,"shift":1.0,"use_dynamic_shifting":true,
+      "base_shift":0.5,"max_shift":1.15,"base_image_seq_len":256,"max_image_seq_len":4096})");
+  for (auto [steps, mu, key] : {std::tuple{28, 0.8, "28_0.8"}, std::tuple{4, 1.15, "4_1.15"}}) {
+    FlowMatchEulerScheduler s(FlowMatchConfig::from_json(j));
+    EXPECT_THROW(s.set_timesteps(steps), UsageError);
+    s.set_timesteps(steps, mu);
+    double e = std::max(max_rel(vec(s.sigmas()), g[std::string("dyn_sigmas_") + key]),
+                        max_rel(vec(s.timesteps()), g[std::string("dyn_timesteps_") + key]));
+    std::vector<double> custom(steps);
+    for (int i = 0; i < steps; ++i) custom[i] = steps > 1 ? 1.0 + i * ((1.0 / steps - 1.0) / (steps - 1)) : 1.0;
+    custom[steps - 1] = 1.0 / steps;
+    s.set_sigmas(custom, mu);
+    e = std::max({e, max_rel(vec(s.sigmas()), g[std::string("custom_sigmas_") + key]),
+                  max_rel(vec(s.timesteps()), g[std::string("custom_timesteps_") + key])});
+    EXPECT_LE(e, 1e-6) << key;
+    worst = std::max(worst, e);
+  }
+  std::printf("[flow_match] sigmas/timesteps max rel err %.3g\n", worst);
+}
+
+TEST(FlowMatch, StepMatchesDiffusers) {
+  Golden g("scheduler.safetensors");
+  FlowMatchConfig cfg;
+  cfg.shift = 3.0;
+  FlowMatchEulerScheduler s(cfg);
+  s.set_timesteps(28);
+  double worst = 0, worst_bf16 = 0;
+  for (int i : {0, 5, 27}) {
+    at::Tensor y = s.step(g["step_v"], g["step_sample"], i);
+    double e = rel_err(y, g["step_" + std::to_string(i)]);
+    EXPECT_LE(e, 1e-6) << i;
+    worst = std::max(worst, e);
+    at::Tensor yb = s.step(g["step_v"].to(at::kBFloat16), g["step_sample"].to(at::kBFloat16), i);
+    EXPECT_EQ(yb.scalar_type(), at::kBFloat16);
+    double eb = rel_err(yb, g["step_bf16_" + std::to_string(i)]);
+    EXPECT_LE(eb, 1e-6) << i;
+    worst_bf16 = std::max(worst_bf16, eb);
+  }
+  std::printf("[flow_match] step rel err f32 %.3g, bf16 %.3g\n", worst, worst_bf16);
+  EXPECT_THROW(s.step(g["step_v"], g["step_sample"], 28), UsageError);
+  // The last step lands on sigma 0: x - sigma * v.
+  at::Tensor x = at::ones({2}), v = at::full({2}, 2.0f);
+  EXPECT_TRUE(at::allclose(s.step(v, x, 27), x - s.sigmas()[27] * v));
+  EXPECT_TRUE(at::allclose(s.scale_noise(x, v, 0), v));  // sigma_0 = 1: pure noise
+}
+
+TEST(FlowMatch, ConfigAndShift) {
+  auto c = FlowMatchConfig::from_json(nlohmann::json::parse(R"({"_class_name":"FlowMatchEulerDiscreteScheduler","num_train_timesteps":1000,"shift":3.0})"));
+  EXPECT_DOUBLE_EQ(c.shift, 3.0);
+  EXPECT_FALSE(c.use_dynamic_shifting);
+  EXPECT_THROW(FlowMatchConfig::from_json(nlohmann::json::parse(R"({"use_karras_sigmas":true})")), FormatError);
+  EXPECT_DOUBLE_EQ(calculate_shift(256), 0.5);
+  EXPECT_DOUBLE_EQ(calculate_shift(4096), 1.15);
 }
 
 }  // namespace
