@@ -1,5 +1,8 @@
 // SD3 / SD3.5 transformer, 16-channel VAE and flow-matching scheduler against diffusers goldens
 // (scripts/goldens/sd3.py: tiny random models in the diffusers layout and as SAI single files).
+#include <fstream>
+#include <set>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
@@ -81,6 +84,30 @@ TEST(SD3Transformer, ConfigAndWeightsDisagreeIsAShapeError) {
   EXPECT_THROW(load_sd3_single_file(store, config, at::kCPU, at::kFloat), ShapeError);
   // Default head dim 64 does not divide the tiny model's hidden size 16.
   EXPECT_THROW(infer_sd3_config(store), ShapeError);
+}
+
+// The module's names equal the real SD3.5-large diffusers checkpoint's keys (layout files in shared/:
+// config.json + index, no weights). Dimensions are shrunk; names depend only on layers and options.
+TEST(SD3Transformer, NamesEqualRealSd35LargeCheckpoint) {
+  const auto dir = test::shared_dir() / "model-layouts/stabilityai/stable-diffusion-3.5-large/transformer";
+  if (!std::filesystem::exists(dir / "diffusion_pytorch_model.safetensors.index.json")) GTEST_SKIP() << "no layout files";
+  std::ifstream in(dir / "config.json");
+  auto config = SD3TransformerConfig::from_json(nlohmann::json::parse(in));
+  EXPECT_EQ(config.num_layers, 38);
+  EXPECT_EQ(config.qk_norm, "rms_norm");
+  config.num_attention_heads = 1;
+  config.attention_head_dim = config.caption_projection_dim = config.joint_attention_dim = 8;
+  config.pooled_projection_dim = 8;
+  config.pos_embed_max_size = 4;
+  SD3Transformer m(config);
+  std::set<std::string> ours, theirs;
+  for (const auto& p : m.named_parameters()) ours.insert(p.key());
+  for (const auto& b : m.named_buffers()) ours.insert(b.key());
+  auto store = WeightStore::open(dir / "diffusion_pytorch_model.safetensors.index.json");
+  for (const auto& n : store.names()) theirs.insert(n);
+  std::vector<std::string> diff;
+  std::set_symmetric_difference(ours.begin(), ours.end(), theirs.begin(), theirs.end(), std::back_inserter(diff));
+  EXPECT_TRUE(diff.empty()) << diff.size() << " names differ, first: " << diff.front();
 }
 
 TEST(SD3Transformer, BadInputsAreShapeErrors) {
