@@ -1,0 +1,81 @@
+// Minimal parameter-holding layers shared by the networks. Unlike torch::nn's, they allocate their
+// parameters uninitialized (at::empty: no random init, pages untouched until loaded), since every
+// parameter is loaded from a checkpoint; parameter names equal PyTorch's ("weight", "bias").
+#pragma once
+#include <optional>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+namespace mmdit::nn {
+
+// dtype for parameters the layers below allocate; set with ParamDtypeGuard while constructing a network
+// so that loading a bf16 checkpoint into a bf16 model copies nothing.
+inline at::ScalarType& param_dtype() {
+  static thread_local at::ScalarType t = at::kFloat;
+  return t;
+}
+struct ParamDtypeGuard {
+  explicit ParamDtypeGuard(at::ScalarType t) : saved(param_dtype()) { param_dtype() = t; }
+  ~ParamDtypeGuard() { param_dtype() = saved; }
+  at::ScalarType saved;
+};
+inline at::Tensor empty_param(at::IntArrayRef shape) { return at::empty(shape, at::TensorOptions().dtype(param_dtype())); }
+
+inline std::optional<at::Tensor> opt(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+struct LinearImpl : torch::nn::Module {
+  LinearImpl(int64_t in, int64_t out, bool with_bias = true) {
+    weight = register_parameter("weight", empty_param({out, in}), false);
+    if (with_bias) bias = register_parameter("bias", empty_param({out}), false);
+  }
+  at::Tensor forward(const at::Tensor& x) { return at::linear(x, weight, opt(bias)); }
+  at::Tensor weight, bias;
+};
+TORCH_MODULE(Linear);
+
+struct Conv2dImpl : torch::nn::Module {
+  Conv2dImpl(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1, int64_t padding = 0, bool with_bias = true)
+      : stride(stride), padding(padding) {
+    weight = register_parameter("weight", empty_param({out, in, kernel, kernel}), false);
+    if (with_bias) bias = register_parameter("bias", empty_param({out}), false);
+  }
+  at::Tensor forward(const at::Tensor& x) { return at::conv2d(x, weight, opt(bias), {stride, stride}, {padding, padding}); }
+  at::Tensor weight, bias;
+  int64_t stride, padding;
+};
+TORCH_MODULE(Conv2d);
+
+struct GroupNormImpl : torch::nn::Module {
+  GroupNormImpl(int64_t groups, int64_t channels, double eps) : groups(groups), eps(eps) {
+    weight = register_parameter("weight", empty_param({channels}), false);
+    bias = register_parameter("bias", empty_param({channels}), false);
+  }
+  at::Tensor forward(const at::Tensor& x) { return at::group_norm(x, groups, weight, bias, eps); }
+  at::Tensor weight, bias;
+  int64_t groups;
+  double eps;
+};
+TORCH_MODULE(GroupNorm);
+
+// diffusers' RMSNorm: statistics in float32, result in the weight's dtype when that is half/bf16.
+struct RMSNormImpl : torch::nn::Module {
+  RMSNormImpl(int64_t dim, double eps) : eps(eps) { weight = register_parameter("weight", empty_param({dim}), false); }
+  at::Tensor forward(const at::Tensor& x) {
+    at::Tensor var = x.to(at::kFloat).pow(2).mean({-1}, /*keepdim=*/true);
+    at::Tensor y = x * at::rsqrt(var + eps);
+    if (weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16) y = y.to(weight.scalar_type());
+    return y * weight;
+  }
+  at::Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// LayerNorm without affine parameters (nn.LayerNorm(elementwise_affine=False)).
+inline at::Tensor layer_norm(const at::Tensor& x, double eps) { return at::layer_norm(x, {x.size(-1)}, {}, {}, eps); }
+
+}  // namespace mmdit::nn
