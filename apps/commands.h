@@ -13,5 +13,6 @@ struct Command {
 };
 
 Command add_inspect_command(CLI::App& app);
+Command add_generate_command(CLI::App& app);
 
 }  // namespace mmdit

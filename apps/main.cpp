@@ -32,10 +32,11 @@ int main(int argc, char** argv) {
   CLI::App app{"mmdit: MM-DiT diffusion (SD3/3.5, FLUX.1, CogVideoX) with attention controls"};
   app.name("mmdit");
   app.require_subcommand(1);
+  app.fallthrough();  // global flags (-v, -q) may follow the subcommand too
   bool verbose = false, quiet = false;
   app.add_flag("-v,--verbose", verbose, "More log output");
   app.add_flag("-q,--quiet", quiet, "Only warnings and errors");
-  const mmdit::Command commands[] = {mmdit::add_inspect_command(app)};
+  const mmdit::Command commands[] = {mmdit::add_generate_command(app), mmdit::add_inspect_command(app)};
 
   try {
     app.parse(argc, argv);

@@ -51,7 +51,9 @@ void Progress::draw(bool final_line) {
   if (g_verbosity == Verbosity::Quiet) return;
   const auto now = std::chrono::steady_clock::now();
   const double elapsed = std::chrono::duration<double>(now - start_).count();
-  if (!tty_ && !final_line && done_ < total_ && now - last_print_ < std::chrono::seconds(1)) return;
+  if (!tty_ && (printed_ == done_ || (!final_line && done_ < total_ && now - last_print_ < std::chrono::seconds(1))))
+    return;
+  printed_ = done_;
   last_print_ = now;
   const double rate = elapsed > 0 ? done_ / elapsed : 0.0;
   const double eta = rate > 0 ? (total_ - done_) / rate : 0.0;

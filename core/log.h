@@ -27,7 +27,7 @@ class Progress {
  private:
   void draw(bool final_line);
   std::string label_;
-  int total_, done_ = 0;
+  int total_, done_ = 0, printed_ = -1;  // printed_: done_ at the last plain line
   bool tty_, finished_ = false;
   std::chrono::steady_clock::time_point start_, last_print_;
 };

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <string>
 #include <sys/wait.h>
+#include <unistd.h>
 
 namespace mmdit::test {
 
@@ -28,7 +29,10 @@ struct RunResult {
 inline RunResult run_mmdit(const std::string& args, const std::string& tag = "run") {
   auto dir = std::filesystem::path(MMDIT_TEST_TMP) / "runs";
   std::filesystem::create_directories(dir);
-  const auto out = dir / (tag + ".out"), err = dir / (tag + ".err");
+  // Unique names: ctest -j runs tests in parallel processes.
+  static int counter = 0;
+  const std::string stem = tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+  const auto out = dir / (stem + ".out"), err = dir / (stem + ".err");
   const std::string cmd = std::string(MMDIT_BINARY) + " " + args + " >" + out.string() + " 2>" + err.string();
   int status = std::system(cmd.c_str());
   RunResult r;

@@ -1,0 +1,51 @@
+// What `generate` (and later `run` jobs) ask of a model family's pipeline. Torch-free, so the CLI
+// and the job runner need not include LibTorch.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/image_io.h"
+
+namespace mmdit {
+
+struct GenerateRequest {
+  // Model and its separate parts (single-file checkpoints).
+  std::string model, clip_l, clip_g, t5, tokenizer_dir;
+  std::string device = "cpu";
+  std::string dtype;  // empty: f32 on cpu, bf16 on cuda
+  // What to make. 0 / negative values mean "the pipeline's default".
+  std::string prompt, negative_prompt, output;
+  int width = 0, height = 0, steps = 0, batch = 1, max_sequence_length = 0;
+  double cfg = -1.0, shift = 0.0;
+  uint64_t seed = 0;
+  // Skip-layer guidance (SD3.5): off when slg_scale == 0 or no layers.
+  double slg_scale = 0.0, slg_start = 0.01, slg_stop = 0.2;
+  std::vector<int> slg_layers;
+};
+
+// Loads the model once; generate() may then be called for many requests (same device/dtype).
+class Pipeline {
+ public:
+  virtual ~Pipeline() = default;
+  // Fills the defaults in `r` (size, steps, cfg, ...) and validates it against the model; throws
+  // UsageError for values the model cannot take (size not divisible by 16, ...).
+  virtual void resolve(GenerateRequest& r) const = 0;
+  // Runs a resolved request; one image per batch entry. `step` is called after each denoising step.
+  virtual std::vector<Image> generate(const GenerateRequest& r, const std::function<void(int, int)>& step = {}) = 0;
+  virtual std::string name() const = 0;  // "sd3.5-large", shown in logs and PNG metadata
+};
+
+// Opens `r.model` (plus the separate encoder paths) on r.device / r.dtype.
+std::unique_ptr<Pipeline> load_pipeline(const GenerateRequest& r);
+
+// The PNG text chunks that make an image reproducible: "parameters" in the common
+// "prompt\nNegative prompt: ...\nSteps: ..., Seed: ..." form, and "mmdit" as JSON of the request.
+std::map<std::string, std::string> png_metadata(const GenerateRequest& r, const std::string& model_name, int index);
+
+// Loads, generates and writes r.output (atomically); prints the written paths.
+void generate(GenerateRequest r);
+
+}  // namespace mmdit

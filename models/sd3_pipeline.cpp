@@ -1,0 +1,320 @@
+#include "models/sd3_pipeline.h"
+
+#include <map>
+#include <optional>
+
+#include <torch/torch.h>
+
+#include "core/errors.h"
+#include "core/log.h"
+#include "core/torch_util.h"
+#include "core/weights.h"
+#include "models/clip_text.h"
+#include "models/clip_tokenizer.h"
+#include "models/sd3_transformer.h"
+#include "models/t5_encoder.h"
+#include "models/t5_tokenizer.h"
+#include "models/vae.h"
+#include "samplers/flow_match.h"
+
+namespace mmdit {
+namespace fs = std::filesystem;
+
+namespace {
+
+// Where each part of the pipeline comes from: a diffusers folder, or a single-file checkpoint plus
+// separate encoder files/folders and a tokenizer folder.
+struct Sources {
+  fs::path transformer_dir, vae_dir, clip_l, clip_g, t5;  // folders or files; empty = absent
+  fs::path tok_l, tok_g, tok_t5;
+  std::optional<WeightStore> single_file;  // set for single-file checkpoints
+  nlohmann::json scheduler_config = nlohmann::json::object();
+  bool t5_absent = false;  // the model has no T5 (zeros, as diffusers)
+};
+
+struct Encoding {
+  at::Tensor embeds;  // [1, 77 + T5 tokens, joint_attention_dim]
+  at::Tensor pooled;  // [1, pooled_projection_dim]
+};
+
+class Sd3Pipeline : public Pipeline {
+ public:
+  Sd3Pipeline(const GenerateRequest& r, const ModelInfo& m);
+  void resolve(GenerateRequest& r) const override;
+  std::vector<Image> generate(const GenerateRequest& r, const std::function<void(int, int)>& step) override;
+  std::string name() const override { return name_; }
+
+ private:
+  void load_transformer_and_vae();
+  void load_encoders();
+  void release_encoders();
+  Encoding encode(const std::string& prompt, int max_sequence_length);
+  at::Tensor clip_hidden(const ClipTokenizer& tok, ClipTextModel& enc, const std::string& prompt, at::Tensor& pooled);
+
+  Sources src_;
+  std::string name_;
+  at::Device device_;
+  at::ScalarType dtype_;
+  std::optional<ClipTokenizer> tok_l_, tok_g_;
+  std::optional<T5Tokenizer> tok_t5_;
+  std::shared_ptr<ClipTextModel> clip_l_, clip_g_;
+  std::shared_ptr<T5EncoderModel> t5_;
+  std::shared_ptr<SD3Transformer> transformer_;
+  std::shared_ptr<AutoencoderKL> vae_;
+  std::map<std::pair<std::string, int>, Encoding> cache_;  // (prompt, T5 length) -> encoding
+};
+
+at::ScalarType pick_dtype(const GenerateRequest& r, const at::Device& d) {
+  if (!r.dtype.empty()) return parse_dtype(r.dtype);
+  return d.is_cuda() ? at::kBFloat16 : at::kFloat;
+}
+
+Sources find_sources(const GenerateRequest& r, const ModelInfo& m) {
+  Sources s;
+  auto comp = [&](const char* name) -> fs::path {
+    const ComponentInfo* c = m.component(name);
+    return c ? c->dir : fs::path();
+  };
+  if (m.kind == ModelKind::PipelineFolder) {
+    s.transformer_dir = comp("transformer");
+    s.vae_dir = comp("vae");
+    s.clip_l = comp("text_encoder");
+    s.clip_g = comp("text_encoder_2");
+    s.t5 = comp("text_encoder_3");
+    s.tok_l = comp("tokenizer");
+    s.tok_g = comp("tokenizer_2");
+    s.tok_t5 = comp("tokenizer_3");
+    if (const ComponentInfo* sc = m.component("scheduler")) s.scheduler_config = sc->config;
+    for (auto [p, what] : {std::pair{&s.transformer_dir, "transformer"}, {&s.vae_dir, "vae"},
+                           {&s.clip_l, "text_encoder"}, {&s.clip_g, "text_encoder_2"}, {&s.tok_l, "tokenizer"},
+                           {&s.tok_g, "tokenizer_2"}})
+      if (p->empty()) throw FormatError(r.model + ": model_index.json has no '" + what + "' component");
+  } else if (m.kind == ModelKind::SingleFile) {
+    s.single_file = WeightStore::open(r.model);
+    s.scheduler_config = {{"num_train_timesteps", 1000}, {"shift", 3.0}};  // SD3/SD3.5 scheduler config
+  } else {
+    throw UsageError("--model " + r.model + ": a transformer folder alone is not a pipeline; pass the diffusers "
+                     "folder that holds it (with model_index.json) or a single-file checkpoint");
+  }
+  // Separate encoder files/folders override what the model holds.
+  if (!r.clip_l.empty()) s.clip_l = r.clip_l;
+  if (!r.clip_g.empty()) s.clip_g = r.clip_g;
+  if (!r.t5.empty()) s.t5 = r.t5;
+  if (!r.tokenizer_dir.empty()) {
+    const fs::path d = r.tokenizer_dir;
+    for (auto [p, sub] : {std::pair{&s.tok_l, "tokenizer"}, {&s.tok_g, "tokenizer_2"}, {&s.tok_t5, "tokenizer_3"}}) {
+      if (!fs::is_directory(d / sub)) throw FileError("--tokenizer-dir " + d.string() + ": no " + sub + "/ subfolder");
+      *p = d / sub;
+    }
+  }
+  if (s.single_file) {
+    const auto& st = *s.single_file;
+    auto has_prefix = [&](const std::string& prefix) {
+      for (const auto& n : st.names())
+        if (n.compare(0, prefix.size(), prefix) == 0) return true;
+      return false;
+    };
+    if (s.clip_l.empty() && !has_prefix("text_encoders.clip_l."))
+      throw UsageError("--model " + r.model + " holds no CLIP-L text encoder: pass --clip-l FILE_OR_FOLDER");
+    if (s.clip_g.empty() && !has_prefix("text_encoders.clip_g."))
+      throw UsageError("--model " + r.model + " holds no CLIP-G text encoder: pass --clip-g FILE_OR_FOLDER");
+    if (s.t5.empty() && !has_prefix("text_encoders.t5xxl.")) s.t5_absent = true;  // diffusers: zeros
+    if (s.tok_l.empty())
+      throw UsageError("--model " + r.model + ": single-file checkpoints need --tokenizer-dir (a folder with "
+                       "tokenizer/, tokenizer_2/ and tokenizer_3/, such as a diffusers SD3 folder)");
+  }
+  if (s.t5.empty() && !s.single_file) s.t5_absent = true;
+  return s;
+}
+
+// An encoder given as a folder (transformers layout) or as a file (plain or SAI-prefixed names).
+template <typename Model, typename Config>
+std::shared_ptr<Model> load_encoder(const fs::path& path, const std::optional<WeightStore>& single,
+                                    const std::string& prefix, const Config& builtin, const at::Device& dev,
+                                    at::ScalarType dtype) {
+  if (!path.empty() && fs::is_directory(path)) return Model::load(path, dev, dtype);
+  WeightStore store = path.empty() ? *single : WeightStore::open(path);
+  bool prefixed = false;
+  for (const auto& n : store.names())
+    if (n.compare(0, prefix.size(), prefix) == 0) {
+      prefixed = true;
+      break;
+    }
+  return Model::load(prefixed ? store.with_prefix(prefix) : store, builtin, dev, dtype);
+}
+
+Sd3Pipeline::Sd3Pipeline(const GenerateRequest& r, const ModelInfo& m)
+    : src_(find_sources(r, m)),
+      name_(m.variant.empty() ? "sd3" : m.variant),
+      device_(parse_device(r.device)),
+      dtype_(pick_dtype(r, device_)) {
+  tok_l_ = ClipTokenizer::load(src_.tok_l);
+  tok_g_ = ClipTokenizer::load(src_.tok_g);
+  if (!src_.t5_absent) {
+    if (src_.tok_t5.empty()) throw UsageError("--model " + r.model + ": a T5 encoder needs tokenizer_3/ (--tokenizer-dir)");
+    tok_t5_ = T5Tokenizer::load(src_.tok_t5);
+  }
+  load_transformer_and_vae();
+}
+
+void Sd3Pipeline::load_transformer_and_vae() {
+  if (src_.single_file) {
+    transformer_ = load_sd3_single_file(*src_.single_file, infer_sd3_config(*src_.single_file), device_, dtype_);
+    vae_ = load_vae_single_file(*src_.single_file, infer_vae_config(*src_.single_file), device_, dtype_);
+  } else {
+    transformer_ = SD3Transformer::load(src_.transformer_dir, device_, dtype_);
+    vae_ = AutoencoderKL::load(src_.vae_dir, device_, dtype_);
+  }
+  if (src_.single_file) name_ = "sd3 single-file (" + std::to_string(transformer_->config().num_layers) + " layers)";
+}
+
+void Sd3Pipeline::load_encoders() {
+  if (clip_l_) return;
+  clip_l_ = load_encoder<ClipTextModel>(src_.clip_l, src_.single_file, "text_encoders.clip_l.transformer.",
+                                        ClipTextConfig::clip_l(), device_, dtype_);
+  clip_g_ = load_encoder<ClipTextModel>(src_.clip_g, src_.single_file, "text_encoders.clip_g.transformer.",
+                                        ClipTextConfig::clip_g(), device_, dtype_);
+  if (!src_.t5_absent)
+    t5_ = load_encoder<T5EncoderModel>(src_.t5, src_.single_file, "text_encoders.t5xxl.transformer.",
+                                       T5Config::t5_xxl(), device_, dtype_);
+}
+
+void Sd3Pipeline::release_encoders() {
+  clip_l_.reset();
+  clip_g_.reset();
+  t5_.reset();
+}
+
+at::Tensor Sd3Pipeline::clip_hidden(const ClipTokenizer& tok, ClipTextModel& enc, const std::string& prompt,
+                                    at::Tensor& pooled) {
+  auto ids = tok.encode(prompt, 77);
+  auto out = enc.forward(at::tensor(ids, at::kLong).unsqueeze(0));
+  pooled = out.text_embeds;
+  return out.hidden_states[out.hidden_states.size() - 2];  // penultimate layer, as the SD3 pipeline
+}
+
+Encoding Sd3Pipeline::encode(const std::string& prompt, int max_sequence_length) {
+  auto key = std::make_pair(prompt, max_sequence_length);
+  if (auto it = cache_.find(key); it != cache_.end()) return it->second;
+  load_encoders();
+  torch::NoGradGuard no_grad;
+  at::Tensor pooled_l, pooled_g;
+  at::Tensor clip = at::cat({clip_hidden(*tok_l_, *clip_l_, prompt, pooled_l), clip_hidden(*tok_g_, *clip_g_, prompt, pooled_g)}, -1);
+  const int64_t width = transformer_->config().joint_attention_dim;
+  at::Tensor t5;
+  if (t5_) {
+    t5 = t5_->forward(at::tensor(tok_t5_->encode(prompt, max_sequence_length), at::kLong).unsqueeze(0));
+  } else {
+    t5 = at::zeros({1, max_sequence_length, width}, clip.options());
+  }
+  if (t5.size(-1) < clip.size(-1))
+    throw ShapeError("T5 width " + std::to_string(t5.size(-1)) + " is smaller than the CLIP states' " +
+                     std::to_string(clip.size(-1)));
+  clip = at::constant_pad_nd(clip, {0, t5.size(-1) - clip.size(-1)});
+  Encoding e{at::cat({clip, t5.to(clip.scalar_type())}, -2), at::cat({pooled_l, pooled_g}, -1)};
+  cache_[key] = e;
+  return e;
+}
+
+void Sd3Pipeline::resolve(GenerateRequest& r) const {
+  const auto& cfg = transformer_->config();
+  const int64_t unit = vae_->downscale() * cfg.patch_size;
+  const int64_t default_size = cfg.sample_size * vae_->downscale();
+  if (r.width == 0) r.width = int(default_size);
+  if (r.height == 0) r.height = int(default_size);
+  if (r.width % unit || r.height % unit)
+    throw UsageError("--width/--height " + std::to_string(r.width) + "x" + std::to_string(r.height) +
+                     ": must be multiples of " + std::to_string(unit) + " for this model (try " +
+                     std::to_string(r.width - r.width % unit) + "x" + std::to_string(r.height - r.height % unit) + ")");
+  if (r.steps == 0) r.steps = 28;
+  if (r.cfg < 0) r.cfg = 7.0;
+  if (r.max_sequence_length == 0) r.max_sequence_length = 256;
+  if (r.max_sequence_length > 512) throw UsageError("--max-sequence-length: at most 512");
+  if (r.shift <= 0) r.shift = src_.scheduler_config.value("shift", 3.0);
+  for (int l : r.slg_layers)
+    if (l < 0 || l >= cfg.num_layers)
+      throw UsageError("--slg-layers: layer " + std::to_string(l) + " does not exist (the model has " +
+                       std::to_string(cfg.num_layers) + ")");
+  if (r.slg_start > r.slg_stop) throw UsageError("--slg-start must not exceed --slg-stop");
+  if (r.dtype.empty()) r.dtype = short_dtype_name(dtype_);
+}
+
+// diffusers' VaeImageProcessor.postprocess + numpy_to_pil: (x / 2 + 0.5).clamp(0, 1) * 255, rounded.
+std::vector<Image> to_images(const at::Tensor& x) {
+  at::Tensor u8 = (x.to(at::kFloat) / 2 + 0.5).clamp(0, 1).mul(255).round().to(at::kByte).permute({0, 2, 3, 1}).contiguous().cpu();
+  std::vector<Image> out;
+  for (int64_t b = 0; b < u8.size(0); ++b) {
+    Image img;
+    img.height = int(u8.size(1));
+    img.width = int(u8.size(2));
+    img.channels = int(u8.size(3));
+    const uint8_t* p = u8[b].data_ptr<uint8_t>();
+    img.pixels.assign(p, p + u8[b].numel());
+    out.push_back(std::move(img));
+  }
+  return out;
+}
+
+std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::function<void(int, int)>& step) {
+  torch::NoGradGuard no_grad;
+  const bool cfg = r.cfg > 1.0;  // diffusers: do_classifier_free_guidance = guidance_scale > 1
+  const int64_t n = r.batch;
+  Encoding pos = encode(r.prompt, r.max_sequence_length);
+  Encoding neg;
+  if (cfg) neg = encode(r.negative_prompt, r.max_sequence_length);
+  if (device_.is_cuda()) release_encoders();  // their outputs are cached; the transformer needs the memory
+  // num_images_per_prompt: every image of the batch gets the same encoding.
+  auto rep = [n](const at::Tensor& t) {
+    std::vector<int64_t> reps(size_t(t.dim()), 1);
+    reps[0] = n;
+    return t.repeat(reps);
+  };
+  at::Tensor embeds = rep(pos.embeds), pooled = rep(pos.pooled);
+  at::Tensor embeds_cfg = embeds, pooled_cfg = pooled;
+  if (cfg) {
+    embeds_cfg = at::cat({rep(neg.embeds), embeds});
+    pooled_cfg = at::cat({rep(neg.pooled), pooled});
+  }
+  // Noise from the CPU generator in the model dtype, exactly as diffusers' randn_tensor does, then moved:
+  // the same seed gives the same image on any device.
+  const auto& tc = transformer_->config();
+  const int64_t f = vae_->downscale();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
+  at::Tensor latents = at::randn({n, tc.in_channels, r.height / f, r.width / f}, gen, at::TensorOptions().dtype(dtype_))
+                           .to(device_);
+
+  FlowMatchConfig sched_cfg = FlowMatchConfig::from_json(src_.scheduler_config);
+  sched_cfg.shift = r.shift;
+  FlowMatchEulerScheduler sched(sched_cfg);
+  sched.set_timesteps(r.steps);
+  // All timesteps go to the device once, so the loop makes no host-device copies.
+  at::Tensor timesteps = at::tensor(sched.timesteps(), at::kFloat).to(device_);
+  std::vector<int64_t> skip(r.slg_layers.begin(), r.slg_layers.end());
+  for (int i = 0; i < r.steps; ++i) {
+    at::Tensor x = cfg ? at::cat({latents, latents}) : latents;
+    at::Tensor t = timesteps[i].expand({x.size(0)});
+    at::Tensor v = transformer_->forward(x, embeds_cfg, pooled_cfg, t, {}, i);
+    if (cfg) {
+      auto parts = v.chunk(2);
+      at::Tensor uncond = parts[0], text = parts[1];
+      v = uncond + r.cfg * (text - uncond);
+      // diffusers' strict window: i > steps * start and i < steps * stop.
+      const bool slg = r.slg_scale > 0 && !skip.empty() && i > r.steps * r.slg_start && i < r.steps * r.slg_stop;
+      if (slg) {
+        at::Tensor v_skip = transformer_->forward(latents, embeds, pooled, timesteps[i].expand({n}), skip, i);
+        v = v + (text - v_skip) * r.slg_scale;
+      }
+    }
+    latents = sched.step(v, latents, i);
+    if (step) step(i + 1, r.steps);
+  }
+  return to_images(vae_->decode_latents(latents));
+}
+
+}  // namespace
+
+std::unique_ptr<Pipeline> load_sd3_pipeline(const GenerateRequest& r, const ModelInfo& m) {
+  return std::make_unique<Sd3Pipeline>(r, m);
+}
+
+}  // namespace mmdit
