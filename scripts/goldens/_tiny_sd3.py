@@ -136,13 +136,15 @@ def build_pipeline(out_dir: pathlib.Path, variant: str = "sd3", seed: int = 0):
 
     text_encoder = clip(32, "quick_gelu", 3)
     text_encoder_2 = clip(32, "gelu", 3)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tok_t5), d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4,
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok_t5), d_model=128, d_kv=16, d_ff=96, num_layers=2, num_heads=4,
                                  relative_attention_num_buckets=8, relative_attention_max_distance=16,
                                  feed_forward_proj="gated-gelu", dense_act_fn="gelu_new", is_encoder_decoder=False,
                                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval()
     randomize(t5, gen, 0.1)
-    tcfg = dict(sample_size=16, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=16, num_attention_heads=2,
-                joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64, out_channels=16,
+    # Head size 64 and the VAE's 32 norm groups as in every real SD3: single-file loading infers the
+    # config from tensor shapes and cannot see those two.
+    tcfg = dict(sample_size=16, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=64, num_attention_heads=2,
+                joint_attention_dim=128, caption_projection_dim=128, pooled_projection_dim=64, out_channels=16,
                 pos_embed_max_size=24)
     if variant == "sd35m":
         tcfg.update(qk_norm="rms_norm", dual_attention_layers=(0, 1))
@@ -150,7 +152,7 @@ def build_pipeline(out_dir: pathlib.Path, variant: str = "sd3", seed: int = 0):
     randomize(transformer, gen, 0.08)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8,
+                        block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=32,
                         scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
                         use_post_quant_conv=False).eval()
     randomize(vae, gen, 0.1)

@@ -10,6 +10,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from _tiny_sd3 import build_pipeline
+from sd3 import sd3_to_sai, vae_to_ldm
 
 CASES = [
     # name, variant, generate kwargs
@@ -73,3 +74,8 @@ def main(out: pathlib.Path):
             files.append(f)
         cases.append({"name": name, "model": f"tiny-{variant}", "params": k, "images": files})
     (out / "cases.json").write_text(json.dumps(cases, indent=1))
+    # Stability's single-file layout of the tiny SD3 (transformer + VAE), from the inverse conversion.
+    p = pipes["sd3"]
+    sai = dict(sd3_to_sai(p.transformer.state_dict(), p.transformer.config.num_layers))  # prefixed already
+    sai.update(vae_to_ldm(p.vae.state_dict(), len(p.vae.config.block_out_channels)))
+    save_file({k: v.contiguous() for k, v in sai.items()}, str(out / "tiny-sd3-sai.safetensors"))
