@@ -1,6 +1,22 @@
 #include "core/attention.h"
 
+#include <ATen/Context.h>
+
+#include "core/errors.h"
+
 namespace mmdit {
+
+void set_attention_backend(const std::string& name) {
+  auto& ctx = at::globalContext();
+  if (name != "auto" && name != "flash" && name != "cudnn" && name != "efficient" && name != "math")
+    throw UsageError("--attention: expected auto, flash, cudnn, efficient or math, got '" + name + "'");
+  const bool all = name == "auto";
+  ctx.setSDPUseFlash(all || name == "flash");
+  ctx.setSDPUseCuDNN(all || name == "cudnn");
+  ctx.setSDPUseMemEfficient(all || name == "efficient");
+  // math stays allowed as the fallback for shapes or devices the fused kernels do not take (CPU).
+  ctx.setSDPUseMath(true);
+}
 
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionDesc& desc,
                      const std::optional<at::Tensor>& mask, double scale) {

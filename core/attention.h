@@ -3,6 +3,7 @@
 // controls (regional masks, key/value injection, head perturbation) can plug in here and only here.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include <ATen/ATen.h>
 
@@ -22,6 +23,10 @@ struct AttentionDesc {
   TokenRange image;        // image/video tokens of the joint sequence (empty for text encoders)
   TokenRange text;         // text tokens of the joint sequence
 };
+
+// Which fused kernel at::scaled_dot_product_attention may use on CUDA: "auto" (PyTorch's own order,
+// what diffusers eager gets), "flash", "cudnn", "efficient" or "math". Throws UsageError otherwise.
+void set_attention_backend(const std::string& name);
 
 // q, k, v: [batch, heads, tokens, head_dim]. mask: optional, broadcastable to
 // [batch, heads, q_tokens, k_tokens], bool (true = attend) or additive float. scale: 0 = 1/sqrt(head_dim).

@@ -4,6 +4,12 @@
 
 #include "core/errors.h"
 
+#if MMDIT_HAVE_CUDART
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
+#endif
+
 namespace mmdit {
 namespace {
 struct Row {
@@ -59,6 +65,23 @@ const char* short_dtype_name(at::ScalarType t) {
     case at::kBFloat16: return "bf16";
     default: return c10::toString(t);
   }
+}
+
+DeviceMemory device_memory(const at::Device& device) {
+  DeviceMemory m;
+#if MMDIT_HAVE_CUDART
+  if (device.is_cuda()) {
+    c10::cuda::CUDAGuard guard(device);
+    if (cudaMemGetInfo(&m.free, &m.total) != cudaSuccess) m = DeviceMemory{};
+  }
+#endif
+  return m;
+}
+
+void empty_device_cache() {
+#if MMDIT_HAVE_CUDART
+  if (at::hasCUDA()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
 }
 
 }  // namespace mmdit

@@ -17,4 +17,12 @@ at::Device parse_device(const std::string& s, const std::string& flag = "--devic
 at::ScalarType parse_dtype(const std::string& s, const std::string& flag = "--dtype");
 const char* short_dtype_name(at::ScalarType t);
 
+// Free and total bytes of a CUDA device's memory; {0, 0} on CPU or without the CUDA runtime.
+struct DeviceMemory {
+  size_t free = 0, total = 0;
+};
+DeviceMemory device_memory(const at::Device& device);
+// Returns the caching allocator's unused blocks to the driver (no-op without CUDA).
+void empty_device_cache();
+
 }  // namespace mmdit

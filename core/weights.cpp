@@ -39,7 +39,23 @@ nlohmann::json read_json_file(const fs::path& p) {
 
 }  // namespace
 
+namespace {
+bool g_random = false;
+std::string g_random_device = "cpu";
+}  // namespace
+
+void set_random_weights(bool on, const std::string& device) {
+  g_random = on;
+  g_random_device = device;
+}
+bool random_weights() { return g_random; }
+
 WeightStore WeightStore::open(const fs::path& path) {
+  if (g_random) {
+    WeightStore s;
+    s.random_ = true;
+    return s;
+  }
   fs::path p = path;
   if (fs::is_directory(p)) {
     auto found = find_weights(p);
@@ -126,8 +142,27 @@ at::Tensor WeightStore::get(const std::string& name) const {
   return f->tensor(it->second.stored_name);
 }
 
+namespace {
+void fill_random(torch::nn::Module& module) {
+  const at::Device device(g_random_device);
+  auto gen = device.is_cuda() ? at::Generator() : at::make_generator<at::CPUGeneratorImpl>(0);
+  auto fill = [&](const std::string& name, at::Tensor& t) {
+    if (!t.is_floating_point()) return;
+    at::Tensor r = at::empty(t.sizes(), t.options().device(device));
+    const bool gain = t.dim() == 1 && name.find("norm") != std::string::npos && name.size() >= 6 &&
+                      name.compare(name.size() - 6, 6, "weight") == 0;
+    if (gain) r.fill_(1.0);
+    else r.normal_(0.0, 0.02, gen.defined() ? std::optional<at::Generator>(gen) : std::nullopt);
+    t.set_data(r);
+  };
+  for (auto& p : module.named_parameters(true)) fill(p.key(), p.value());
+  for (auto& b : module.named_buffers(true)) fill(b.key(), b.value());
+}
+}  // namespace
+
 void load_module(torch::nn::Module& module, const WeightStore& store, const LoadOptions& options) {
   torch::NoGradGuard no_grad;
+  if (store.is_random()) return fill_random(module);
   std::vector<std::string> missing;
   std::set<std::string> used;
   auto load_one = [&](const std::string& name, at::Tensor& target) {

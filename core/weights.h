@@ -41,6 +41,7 @@ class WeightStore {
   at::Tensor get(const std::string& name) const;  // CPU, stored dtype, zero-copy where possible
   const std::vector<std::filesystem::path>& missing_files() const { return missing_; }
   const std::vector<std::filesystem::path>& files() const { return files_; }
+  bool is_random() const { return random_; }
 
  private:
   struct Entry {
@@ -51,7 +52,14 @@ class WeightStore {
   std::vector<std::filesystem::path> files_;
   std::vector<std::shared_ptr<SafetensorsFile>> opened_;  // null for missing shards
   std::vector<std::filesystem::path> missing_;
+  bool random_ = false;  // benchmark mode: no tensors, load_module fills random values
 };
+
+// Benchmark mode (`--random-weights`): weight folders may lack their weight files, and load_module
+// fills parameters with seeded random values made directly on `device` instead of reading files
+// (norm gains 1, everything else N(0, 0.02)), so full-size models can be timed without checkpoints.
+void set_random_weights(bool on, const std::string& device = "cpu");
+bool random_weights();
 
 struct LoadOptions {
   std::string prefix;   // prepended to module parameter names when looking up the store

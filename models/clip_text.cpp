@@ -183,11 +183,12 @@ std::shared_ptr<ClipTextModel> ClipTextModel::load(const WeightStore& store0, co
     if (unprefixed && n != "text_projection.weight") return "text_model." + n;
     return n;
   });
-  if (!store.has("text_model.embeddings.token_embedding.weight"))
+  if (!store.has("text_model.embeddings.token_embedding.weight") && !store.is_random())
     throw FormatError("CLIP text encoder weights lack text_model.embeddings.token_embedding.weight" +
                       std::string(store.size() ? "" : " (no tensors found)"));
   ClipTextConfig config = config0;
-  config.with_projection = store.has("text_projection.weight");
+  // Benchmark mode has no tensors to look at: the config's "architectures" decides.
+  if (!store.is_random()) config.with_projection = store.has("text_projection.weight");
   auto model = std::make_shared<ClipTextModel>(config, at::TensorOptions().device(device).dtype(dtype));
   load_module(*model, store);
   model->eval();

@@ -262,7 +262,13 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
   Encoding pos = encode(r.prompt, r.max_sequence_length);
   Encoding neg;
   if (cfg) neg = encode(r.negative_prompt, r.max_sequence_length);
-  if (device_.is_cuda()) release_encoders();  // their outputs are cached; the transformer needs the memory
+  // Encodings are cached; when device memory runs short, the encoders (T5-XXL alone is ~9.5 GB in bf16)
+  // make room for the denoising activations and are reloaded only for a new prompt.
+  if (const auto mem = device_memory(device_); mem.total && mem.free < mem.total / 4) {
+    log_info("device memory is short: releasing the text encoders");
+    release_encoders();
+    empty_device_cache();
+  }
   // num_images_per_prompt: every image of the batch gets the same encoding.
   auto rep = [n](const at::Tensor& t) {
     std::vector<int64_t> reps(size_t(t.dim()), 1);

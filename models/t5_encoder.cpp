@@ -248,7 +248,7 @@ std::shared_ptr<T5EncoderModel> T5EncoderModel::load(const WeightStore& store0, 
     if (n == "encoder.embed_tokens.weight") return has_shared ? std::nullopt : std::optional<std::string>("shared.weight");
     return n;
   });
-  if (!store.has("shared.weight"))
+  if (!store.has("shared.weight") && !store.is_random())
     throw FormatError("T5 encoder weights lack shared.weight (or encoder.embed_tokens.weight)" +
                       std::string(store.size() ? "" : ": no tensors found"));
   auto model = std::make_shared<T5EncoderModel>(config, at::TensorOptions().device(device).dtype(dtype));

@@ -1,0 +1,94 @@
+// `mmdit bench`: times a whole generate() (prompt encoding, denoising loop, VAE decode) and each denoising
+// step, for docs/BENCHMARKS.md. With --random-weights a model folder of configs alone (no weight files)
+// is enough: weights are made on the device, so full-size models can be timed without checkpoints.
+#include <chrono>
+#include <cstdio>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/cuda.h>
+
+#include "apps/commands.h"
+#include "core/attention.h"
+#include "core/weights.h"
+#include "models/pipeline.h"
+
+namespace mmdit {
+namespace {
+
+struct BenchOptions {
+  GenerateRequest req;
+  bool random_weights = false;
+  int runs = 2;
+  std::string attention = "auto";
+};
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+void run_bench(BenchOptions& o) {
+  GenerateRequest& r = o.req;
+  set_attention_backend(o.attention);
+  if (o.random_weights) set_random_weights(true, r.device);
+  const bool cuda = r.device.rfind("cuda", 0) == 0;
+  auto sync = [&] {
+    if (cuda) torch::cuda::synchronize();
+  };
+  double t0 = now_s();
+  auto pipe = load_pipeline(r);
+  pipe->resolve(r);
+  sync();
+  const double load_s = now_s() - t0;
+  std::vector<double> totals, steps;
+  for (int run = 0; run <= o.runs; ++run) {  // run 0 warms up (kernel selection, allocator)
+    GenerateRequest q = r;
+    q.prompt = r.prompt + " (run " + std::to_string(run) + ")";  // a new prompt: encoding is timed too
+    std::vector<double> stamps;
+    sync();
+    const double start = now_s();
+    stamps.push_back(start);
+    pipe->generate(q, [&](int, int) {
+      sync();  // per-step times need the device to finish the step
+      stamps.push_back(now_s());
+    });
+    sync();
+    if (run == 0) continue;
+    totals.push_back(now_s() - start);
+    for (size_t i = 2; i < stamps.size(); ++i) steps.push_back(stamps[i] - stamps[i - 1]);  // step 1 includes encoding
+  }
+  nlohmann::ordered_json j = {{"model", pipe->name()}, {"device", r.device}, {"dtype", r.dtype},
+                              {"width", r.width}, {"height", r.height}, {"steps", r.steps}, {"cfg", r.cfg},
+                              {"attention", o.attention}, {"random_weights", o.random_weights},
+                              {"load_s", load_s}, {"step_ms", median(steps) * 1000.0},
+                              {"pipeline_s", median(totals)}, {"runs", o.runs}};
+  std::printf("%s\n", j.dump().c_str());
+}
+
+}  // namespace
+
+Command add_bench_command(CLI::App& app) {
+  auto o = std::make_shared<BenchOptions>();
+  GenerateRequest& r = o->req;
+  r.prompt = "a photo of an astronaut riding a horse on mars";
+  auto* sub = app.add_subcommand("bench", "Time generation (whole pipeline and per step) for docs/BENCHMARKS.md");
+  sub->add_option("-m,--model", r.model, "Model folder (configs suffice with --random-weights)")->required();
+  sub->add_option("--device", r.device, "cpu, cuda or cuda:N")->capture_default_str();
+  sub->add_option("--dtype", r.dtype, "f32, f16 or bf16");
+  sub->add_option("-W,--width", r.width, "Width")->check(CLI::PositiveNumber);
+  sub->add_option("-H,--height", r.height, "Height")->check(CLI::PositiveNumber);
+  sub->add_option("--steps", r.steps, "Steps")->check(CLI::PositiveNumber);
+  sub->add_option("--cfg", r.cfg, "Guidance scale")->check(CLI::NonNegativeNumber);
+  sub->add_option("--runs", o->runs, "Timed runs after one warm-up")->check(CLI::PositiveNumber);
+  sub->add_option("--attention", o->attention, "SDPA backend: auto, flash, cudnn, efficient, math")->capture_default_str();
+  sub->add_flag("--random-weights", o->random_weights, "Make random weights on the device instead of loading files");
+  return {sub, [o] { run_bench(*o); }};
+}
+
+}  // namespace mmdit
