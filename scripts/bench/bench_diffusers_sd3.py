@@ -28,6 +28,8 @@ def random_init(module, seed=0):
         for name, b in module.named_buffers():
             if b.is_floating_point():
                 b.normal_(0.0, 0.02, generator=g)
+            elif name.endswith("position_ids"):  # CLIP's arange buffer: meta init left it empty
+                b.copy_(torch.arange(b.shape[-1], device=b.device).expand_as(b))
     return module
 
 
