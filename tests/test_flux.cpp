@@ -214,6 +214,28 @@ TEST(FluxPipeline, BflSingleFileGivesTheSameImage) {
   expect_matches_golden(c, (kDir / "tiny-flux-dev-bfl.safetensors").string(), "flux_bfl_vae_folder", parts2);
 }
 
+TEST(FluxPipeline, Bf16CpuIsClose) {
+  // Against diffusers' own bf16 CPU run of the first case (dev_square_bf16.png): within 2 levels. The f32
+  // golden is far from any bf16 run of this tiny random model (diffusers bf16 vs f32: mean 10, max 53
+  // levels), so it only gets a loose mean bound.
+  const auto c = cases()[0];
+  auto dir = test::temp_dir("flux_bf16");
+  auto r = test::run_mmdit("generate -q --dtype bf16 --model " + (kDir / c["model"].get<std::string>()).string() +
+                               flags(c["params"]) + " -o " + (dir / "a.png").string(),
+                           "flux_bf16");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Image actual = read_png(dir / "a.png");
+  Image bf16 = read_png(kDir / "dev_square_bf16.png"), f32 = read_png(kDir / c["images"][0].get<std::string>());
+  ASSERT_EQ(actual.pixels.size(), f32.pixels.size());
+  double sum = 0;
+  for (size_t i = 0; i < actual.pixels.size(); ++i) sum += std::abs(int(actual.pixels[i]) - int(f32.pixels[i]));
+  const double mean = sum / double(actual.pixels.size());
+  const int d = max_pixel_diff(actual, bf16);
+  std::printf("[flux] bf16 cpu image: max pixel diff %d vs diffusers bf16; mean abs diff %.2f vs the f32 golden\n", d, mean);
+  EXPECT_LE(d, 2);
+  EXPECT_LE(mean, 16.0);
+}
+
 TEST(FluxPipeline, Fp8SingleFileGenerates) {
   const fs::path pipe = kDir / "tiny-flux-dev";
   auto dir = test::temp_dir("flux_fp8");

@@ -224,3 +224,9 @@ def main(out: pathlib.Path):
             files.append(f)
         cases.append({"name": name, "model": f"tiny-flux-{variant}", "params": k, "images": files})
     (out / "cases.json").write_text(json.dumps(cases, indent=1))
+    # The first case by diffusers in bfloat16 on CPU (noise drawn in bf16, bf16 compute), for mmdit's bf16 path.
+    from diffusers import FluxPipeline
+    bf16 = FluxPipeline.from_pretrained(out / "tiny-flux-dev", torch_dtype=torch.bfloat16)
+    with torch.no_grad():
+        img = run_case(bf16, CASES[0][2])[0]
+    Image.fromarray((img * 255).round().astype(np.uint8)).save(out / "dev_square_bf16.png")
