@@ -58,6 +58,8 @@ Command add_generate_command(CLI::App& app) {
   sub->add_option("--steps", r.steps, "Denoising steps (default: the pipeline's, 28 for SD3)")->check(CLI::PositiveNumber);
   sub->add_option("--cfg", r.cfg, "Classifier-free guidance scale (default: the pipeline's, 7.0 for SD3)")
       ->check(CLI::NonNegativeNumber);
+  sub->add_option("--guidance", r.guidance, "Distilled guidance scale of FLUX.1-dev (default 3.5; schnell ignores it)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("-s,--seed", r.seed, "Noise seed (default: random, printed)")
       ->each([f](const std::string&) { f->seed_given = true; });
   sub->add_option("--shift", r.shift, "Flow-matching shift (default: the scheduler config's)")->check(CLI::PositiveNumber);
@@ -75,6 +77,7 @@ Command add_generate_command(CLI::App& app) {
   sub->add_option("--clip-l", r.clip_l, "CLIP-L text encoder (file or folder) for single-file checkpoints");
   sub->add_option("--clip-g", r.clip_g, "OpenCLIP bigG text encoder (file or folder)");
   sub->add_option("--t5", r.t5, "T5-XXL text encoder (file or folder)");
+  sub->add_option("--vae", r.vae, "VAE (file or folder), e.g. FLUX's ae.safetensors for single-file checkpoints");
   sub->add_option("--tokenizer-dir", r.tokenizer_dir, "Folder with tokenizer/, tokenizer_2/, tokenizer_3/ subfolders");
   return {sub, [f] { run_generate(*f); }};
 }

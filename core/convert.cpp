@@ -64,7 +64,14 @@ TensorMap convert_weights(const WeightStore& store, const std::vector<RenameRule
     if (rule.targets.empty()) continue;
     at::Tensor t = store.get(name);
     std::vector<at::Tensor> parts;
-    if (rule.targets.size() > 1) {
+    if (!rule.split_sizes.empty()) {
+      int64_t total = 0;
+      for (int64_t s : rule.split_sizes) total += s;
+      if (rule.split_sizes.size() != rule.targets.size() || t.dim() < 1 || t.size(0) != total)
+        throw ShapeError(name + ": shape " + shape_str(t.sizes()) + " does not split into parts of " +
+                         shape_str(rule.split_sizes) + " along dim 0");
+      parts = t.split_with_sizes(rule.split_sizes, 0);
+    } else if (rule.targets.size() > 1) {
       const int64_t n = int64_t(rule.targets.size());
       if (t.dim() < 1 || t.size(0) % n != 0)
         throw ShapeError(name + ": shape " + shape_str(t.sizes()) + " does not split into " + std::to_string(n) +

@@ -3,6 +3,7 @@
 // 1x1 convs as linears). The result is a name -> tensor map of views over the mapped file wherever the
 // transform allows, which load_module() copies into a module like a WeightStore.
 #pragma once
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
@@ -25,6 +26,9 @@ struct RenameRule {
   std::string pattern;               // ECMAScript regex matched against the whole source name
   std::vector<std::string> targets;  // std::regex_replace formats ($1, $2, ...); empty = drop the tensor
   Transform transform = Transform::Copy;
+  // With several targets: the sizes along dim 0 of the parts, in target order (uneven splits such as
+  // FLUX's linear1 -> q, k, v, mlp); empty = equal parts.
+  std::vector<int64_t> split_sizes = {};
 };
 
 using TensorMap = std::map<std::string, at::Tensor>;

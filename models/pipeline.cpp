@@ -9,6 +9,7 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "core/model_folder.h"
+#include "models/flux_pipeline.h"
 #include "models/sd3_pipeline.h"
 
 namespace mmdit {
@@ -36,6 +37,7 @@ void check_output(const GenerateRequest& r) {
 std::unique_ptr<Pipeline> load_pipeline(const GenerateRequest& r) {
   ModelInfo m = open_model(r.model);
   if (m.family == "sd3") return load_sd3_pipeline(r, m);
+  if (m.family == "flux") return load_flux_pipeline(r, m);
   throw UsageError("--model " + r.model + ": " + (m.family == "unknown" ? std::string("not a model mmdit recognises")
                                                                         : m.family + " models are not supported yet"));
 }
@@ -56,6 +58,7 @@ std::map<std::string, std::string> png_metadata(const GenerateRequest& r, const 
                               {"batch", r.batch},   {"batch_index", index},
                               {"max_sequence_length", r.max_sequence_length},
                               {"dtype", r.dtype},   {"device", r.device}};
+  if (r.guidance >= 0) j["guidance"] = r.guidance;
   if (r.slg_scale > 0 && !r.slg_layers.empty()) {
     j["slg_scale"] = r.slg_scale;
     j["slg_layers"] = r.slg_layers;

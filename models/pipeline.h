@@ -14,12 +14,14 @@ namespace mmdit {
 struct GenerateRequest {
   // Model and its separate parts (single-file checkpoints).
   std::string model, clip_l, clip_g, t5, tokenizer_dir;
+  std::string vae;  // a separate VAE (file or folder), e.g. FLUX's ae.safetensors
   std::string device = "cpu";
   std::string dtype;  // empty: f32 on cpu, bf16 on cuda
   // What to make. 0 / negative values mean "the pipeline's default".
   std::string prompt, negative_prompt, output;
   int width = 0, height = 0, steps = 0, batch = 1, max_sequence_length = 0;
   double cfg = -1.0, shift = 0.0;
+  double guidance = -1.0;  // distilled guidance scale (FLUX.1-dev); negative = the pipeline's default
   uint64_t seed = 0;
   // Skip-layer guidance (SD3.5): off when slg_scale == 0 or no layers.
   double slg_scale = 0.0, slg_start = 0.01, slg_stop = 0.2;

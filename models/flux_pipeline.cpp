@@ -1,0 +1,298 @@
+#include "models/flux_pipeline.h"
+
+#include <map>
+#include <optional>
+
+#include <torch/torch.h>
+
+#include "core/errors.h"
+#include "core/log.h"
+#include "core/torch_util.h"
+#include "core/weights.h"
+#include "models/clip_text.h"
+#include "models/clip_tokenizer.h"
+#include "models/flux_transformer.h"
+#include "models/t5_encoder.h"
+#include "models/t5_tokenizer.h"
+#include "models/vae.h"
+#include "samplers/flow_match.h"
+
+namespace mmdit {
+namespace fs = std::filesystem;
+
+std::vector<double> flux_sigmas(int steps) {
+  std::vector<double> s(size_t(std::max(steps, 0)));
+  if (steps == 1) return {1.0};
+  const double stop = 1.0 / steps, step = (stop - 1.0) / (steps - 1);
+  for (int i = 0; i < steps; ++i) s[size_t(i)] = i * step + 1.0;
+  if (steps > 1) s.back() = stop;  // numpy sets the endpoint exactly
+  return s;
+}
+
+namespace {
+
+// Where each part comes from: a diffusers folder, or a BFL single file plus separate encoders, VAE and
+// tokenizer folder.
+struct Sources {
+  fs::path transformer_dir, vae, clip_l, t5, tok_l, tok_t5;  // folders or files
+  std::optional<WeightStore> single_file;
+  bool vae_in_single_file = false;
+  nlohmann::json scheduler_config = nlohmann::json::object();
+};
+
+struct Encoding {
+  at::Tensor embeds;  // [1, T5 tokens, joint_attention_dim]
+  at::Tensor pooled;  // [1, pooled_projection_dim]
+};
+
+// FLUX.1-dev's scheduler_config.json (single files carry none); schnell's turns dynamic shifting off.
+nlohmann::json bfl_scheduler_config(bool dev) {
+  return {{"num_train_timesteps", 1000}, {"shift", dev ? 3.0 : 1.0}, {"use_dynamic_shifting", dev},
+          {"base_shift", 0.5},           {"max_shift", 1.15},       {"base_image_seq_len", 256},
+          {"max_image_seq_len", 4096}};
+}
+
+bool has_prefix(const WeightStore& st, const std::string& prefix) {
+  for (const auto& n : st.names())
+    if (n.compare(0, prefix.size(), prefix) == 0) return true;
+  return false;
+}
+
+Sources find_sources(const GenerateRequest& r, const ModelInfo& m) {
+  Sources s;
+  auto comp = [&](const char* name) -> fs::path {
+    const ComponentInfo* c = m.component(name);
+    return c ? c->dir : fs::path();
+  };
+  if (m.kind == ModelKind::PipelineFolder) {
+    s.transformer_dir = comp("transformer");
+    s.vae = comp("vae");
+    s.clip_l = comp("text_encoder");
+    s.t5 = comp("text_encoder_2");
+    s.tok_l = comp("tokenizer");
+    s.tok_t5 = comp("tokenizer_2");
+    if (const ComponentInfo* sc = m.component("scheduler")) s.scheduler_config = sc->config;
+    for (auto [p, what] : {std::pair{&s.transformer_dir, "transformer"}, {&s.vae, "vae"}, {&s.clip_l, "text_encoder"},
+                           {&s.t5, "text_encoder_2"}, {&s.tok_l, "tokenizer"}, {&s.tok_t5, "tokenizer_2"}})
+      if (p->empty()) throw FormatError(r.model + ": model_index.json has no '" + what + "' component");
+  } else if (m.kind == ModelKind::SingleFile) {
+    s.single_file = WeightStore::open(r.model);
+  } else {
+    throw UsageError("--model " + r.model + ": a transformer folder alone is not a pipeline; pass the diffusers "
+                     "folder that holds it (with model_index.json) or a single-file checkpoint");
+  }
+  if (!r.clip_l.empty()) s.clip_l = r.clip_l;
+  if (!r.t5.empty()) s.t5 = r.t5;
+  if (!r.vae.empty()) {
+    if (!fs::exists(r.vae)) throw FileError("--vae " + r.vae + ": no such file or folder");
+    s.vae = r.vae;
+  }
+  if (!r.tokenizer_dir.empty()) {
+    const fs::path d = r.tokenizer_dir;
+    for (auto [p, sub] : {std::pair{&s.tok_l, "tokenizer"}, {&s.tok_t5, "tokenizer_2"}}) {
+      if (!fs::is_directory(d / sub)) throw FileError("--tokenizer-dir " + d.string() + ": no " + sub + "/ subfolder");
+      *p = d / sub;
+    }
+  }
+  if (s.single_file) {
+    if (s.clip_l.empty()) throw UsageError("--model " + r.model + " holds no CLIP-L text encoder: pass --clip-l FILE_OR_FOLDER");
+    if (s.t5.empty()) throw UsageError("--model " + r.model + " holds no T5 text encoder: pass --t5 FILE_OR_FOLDER");
+    if (s.tok_l.empty())
+      throw UsageError("--model " + r.model + ": single-file checkpoints need --tokenizer-dir (a folder with "
+                       "tokenizer/ and tokenizer_2/, such as a diffusers FLUX.1 folder)");
+    if (s.vae.empty()) {
+      if (has_prefix(*s.single_file, "vae.") || has_prefix(*s.single_file, "first_stage_model."))
+        s.vae_in_single_file = true;
+      else
+        throw UsageError("--model " + r.model + " holds no VAE: pass --vae (BFL's ae.safetensors or a diffusers vae/ folder)");
+    }
+  }
+  return s;
+}
+
+at::ScalarType pick_dtype(const GenerateRequest& r, const at::Device& d) {
+  if (!r.dtype.empty()) return parse_dtype(r.dtype);
+  return d.is_cuda() ? at::kBFloat16 : at::kFloat;
+}
+
+template <typename Model, typename Config>
+std::shared_ptr<Model> load_encoder(const fs::path& path, const Config& builtin, const at::Device& dev, at::ScalarType dtype) {
+  if (fs::is_directory(path)) return Model::load(path, dev, dtype);
+  return Model::load(WeightStore::open(path), builtin, dev, dtype);
+}
+
+// diffusers' VaeImageProcessor.postprocess + numpy_to_pil: (x / 2 + 0.5).clamp(0, 1) * 255, rounded.
+std::vector<Image> to_images(const at::Tensor& x) {
+  at::Tensor u8 = (x.to(at::kFloat) / 2 + 0.5).clamp(0, 1).mul(255).round().to(at::kByte).permute({0, 2, 3, 1}).contiguous().cpu();
+  std::vector<Image> out;
+  for (int64_t b = 0; b < u8.size(0); ++b) {
+    Image img;
+    img.height = int(u8.size(1));
+    img.width = int(u8.size(2));
+    img.channels = int(u8.size(3));
+    const uint8_t* p = u8[b].data_ptr<uint8_t>();
+    img.pixels.assign(p, p + u8[b].numel());
+    out.push_back(std::move(img));
+  }
+  return out;
+}
+
+class FluxPipelineImpl : public Pipeline {
+ public:
+  FluxPipelineImpl(const GenerateRequest& r, const ModelInfo& m)
+      : src_(find_sources(r, m)), name_(m.variant.empty() ? "flux" : m.variant), device_(parse_device(r.device)),
+        dtype_(pick_dtype(r, device_)) {
+    tok_l_ = ClipTokenizer::load(src_.tok_l);
+    tok_t5_ = T5Tokenizer::load(src_.tok_t5);
+    if (src_.single_file) {
+      transformer_ = load_flux_single_file(*src_.single_file, infer_flux_config(*src_.single_file), device_, dtype_);
+      src_.scheduler_config = bfl_scheduler_config(transformer_->config().guidance_embeds);
+      name_ = transformer_->config().guidance_embeds ? "flux-dev single-file" : "flux-schnell single-file";
+    } else {
+      transformer_ = FluxTransformer::load(src_.transformer_dir, device_, dtype_);
+    }
+    if (src_.vae_in_single_file || (!src_.vae.empty() && !fs::is_directory(src_.vae))) {
+      WeightStore store = src_.vae_in_single_file ? *src_.single_file : WeightStore::open(src_.vae);
+      VaeConfig vc = infer_vae_config(store);
+      vc.scaling_factor = 0.3611;  // FLUX.1 vae/config.json
+      vc.shift_factor = 0.1159;
+      vae_ = load_vae_single_file(store, vc, device_, dtype_);
+    } else {
+      vae_ = AutoencoderKL::load(src_.vae, device_, dtype_);
+    }
+  }
+
+  std::string name() const override { return name_; }
+
+  void resolve(GenerateRequest& r) const override {
+    const auto& tc = transformer_->config();
+    const int64_t f = vae_->downscale(), unit = f * 2;
+    if (tc.in_channels % 4 || tc.in_channels / 4 != vae_->config().latent_channels)
+      throw ShapeError("flux: transformer in_channels " + std::to_string(tc.in_channels) + " do not fit the VAE's " +
+                       std::to_string(vae_->config().latent_channels) + " latent channels packed 2x2");
+    if (r.width == 0) r.width = int(128 * f);
+    if (r.height == 0) r.height = int(128 * f);
+    if (r.width % unit || r.height % unit)
+      throw UsageError("--width/--height " + std::to_string(r.width) + "x" + std::to_string(r.height) +
+                       ": must be multiples of " + std::to_string(unit) + " for FLUX (try " +
+                       std::to_string(r.width - r.width % unit) + "x" + std::to_string(r.height - r.height % unit) + ")");
+    if (r.steps == 0) r.steps = tc.guidance_embeds ? 28 : 4;
+    if (r.guidance < 0) r.guidance = 3.5;
+    if (r.cfg < 0) r.cfg = 1.0;
+    if (r.max_sequence_length == 0) r.max_sequence_length = 512;
+    if (r.max_sequence_length > 512) throw UsageError("--max-sequence-length: at most 512");
+    if (r.slg_scale > 0 && !r.slg_layers.empty()) throw UsageError("--slg-scale: skip-layer guidance is for SD3.5, not FLUX");
+    if (r.shift <= 0 && !src_.scheduler_config.value("use_dynamic_shifting", false))
+      r.shift = src_.scheduler_config.value("shift", 1.0);
+    if (r.dtype.empty()) r.dtype = short_dtype_name(dtype_);
+  }
+
+  std::vector<Image> generate(const GenerateRequest& r, const std::function<void(int, int)>& step) override {
+    torch::NoGradGuard no_grad;
+    const bool true_cfg = r.cfg > 1.0 && !r.negative_prompt.empty();  // FluxPipeline's do_true_cfg
+    const int64_t n = r.batch;
+    Encoding pos = encode(r.prompt, r.max_sequence_length);
+    Encoding neg;
+    if (true_cfg) neg = encode(r.negative_prompt, r.max_sequence_length);
+    if (device_.is_cuda()) release_encoders();
+    auto rep = [n](const at::Tensor& t) {
+      std::vector<int64_t> reps(size_t(t.dim()), 1);
+      reps[0] = n;
+      return t.repeat(reps);
+    };
+    at::Tensor embeds = rep(pos.embeds), pooled = rep(pos.pooled), neg_embeds, neg_pooled;
+    if (true_cfg) neg_embeds = rep(neg.embeds), neg_pooled = rep(neg.pooled);
+
+    // prepare_latents: randn [B, C, 2*(H/16), 2*(W/16)] from the CPU generator in the model dtype, packed.
+    const auto& tc = transformer_->config();
+    const int64_t f = vae_->downscale();
+    const int64_t lh = 2 * (r.height / (f * 2)), lw = 2 * (r.width / (f * 2));
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
+    at::Tensor noise = at::randn({n, tc.in_channels / 4, lh, lw}, gen, at::TensorOptions().dtype(dtype_));
+    at::Tensor latents = flux_pack_latents(noise).to(device_);
+    const auto opts = at::TensorOptions().dtype(dtype_).device(device_);
+    at::Tensor img_ids = flux_image_ids(lh / 2, lw / 2, opts);
+    at::Tensor txt_ids = flux_text_ids(embeds.size(1), opts);
+
+    FlowMatchConfig sc = FlowMatchConfig::from_json(src_.scheduler_config);
+    std::optional<double> mu;
+    if (r.shift > 0 && sc.use_dynamic_shifting) {
+      sc.use_dynamic_shifting = false;  // an explicit --shift replaces the resolution-dependent one
+    }
+    if (!sc.use_dynamic_shifting) {
+      if (r.shift > 0) sc.shift = r.shift;
+    } else {
+      mu = calculate_shift(latents.size(1), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift);
+    }
+    FlowMatchEulerScheduler sched(sc);
+    sched.set_sigmas(flux_sigmas(r.steps), mu);
+    // Everything per step is on the device before the loop: timestep / 1000 in the latents' dtype, as
+    // FluxPipeline passes it, and the guidance scale in float32.
+    at::Tensor timesteps = at::tensor(sched.timesteps(), at::kFloat).to(device_).to(dtype_) / 1000;
+    at::Tensor guidance;
+    if (tc.guidance_embeds) guidance = at::full({n}, r.guidance, at::TensorOptions().dtype(at::kFloat).device(device_));
+    for (int i = 0; i < sched.num_steps(); ++i) {
+      at::Tensor t = timesteps[i].expand({n});
+      at::Tensor v = transformer_->forward(latents, embeds, pooled, t, img_ids, txt_ids, guidance, i);
+      if (true_cfg) {
+        at::Tensor vn = transformer_->forward(latents, neg_embeds, neg_pooled, t, img_ids, txt_ids, guidance, i);
+        v = vn + r.cfg * (v - vn);
+      }
+      latents = sched.step(v, latents, i);
+      if (step) step(i + 1, r.steps);
+    }
+    return to_images(vae_->decode_latents(flux_unpack_latents(latents, lh, lw)));
+  }
+
+ private:
+  void load_encoders() {
+    if (clip_l_) return;
+    clip_l_ = load_encoder<ClipTextModel>(src_.clip_l, ClipTextConfig::clip_l(), device_, dtype_);
+    t5_ = load_encoder<T5EncoderModel>(src_.t5, T5Config::t5_xxl(), device_, dtype_);
+  }
+  void release_encoders() {
+    clip_l_.reset();
+    t5_.reset();
+  }
+
+  Encoding encode(const std::string& prompt, int max_sequence_length) {
+    auto key = std::make_pair(prompt, max_sequence_length);
+    if (auto it = cache_.find(key); it != cache_.end()) return it->second;
+    load_encoders();
+    torch::NoGradGuard no_grad;
+    auto ids = [&](std::vector<int64_t> v) { return at::tensor(v, at::kLong).unsqueeze(0).to(device_); };
+    // _get_clip_prompt_embeds: CLIPTextModel's pooler_output; _get_t5_prompt_embeds: last hidden state.
+    at::Tensor pooled = clip_l_->forward(ids(tok_l_->encode(prompt, 77))).pooled.to(dtype_);
+    at::Tensor embeds = t5_->forward(ids(tok_t5_->encode(prompt, max_sequence_length))).to(dtype_);
+    const auto& tc = transformer_->config();
+    if (embeds.size(-1) != tc.joint_attention_dim)
+      throw ShapeError("flux: T5 width " + std::to_string(embeds.size(-1)) + " differs from the transformer's joint_attention_dim " +
+                       std::to_string(tc.joint_attention_dim));
+    if (pooled.size(-1) != tc.pooled_projection_dim)
+      throw ShapeError("flux: CLIP width " + std::to_string(pooled.size(-1)) + " differs from the transformer's pooled_projection_dim " +
+                       std::to_string(tc.pooled_projection_dim));
+    Encoding e{embeds, pooled};
+    cache_[key] = e;
+    return e;
+  }
+
+  Sources src_;
+  std::string name_;
+  at::Device device_;
+  at::ScalarType dtype_;
+  std::optional<ClipTokenizer> tok_l_;
+  std::optional<T5Tokenizer> tok_t5_;
+  std::shared_ptr<ClipTextModel> clip_l_;
+  std::shared_ptr<T5EncoderModel> t5_;
+  std::shared_ptr<FluxTransformer> transformer_;
+  std::shared_ptr<AutoencoderKL> vae_;
+  std::map<std::pair<std::string, int>, Encoding> cache_;
+};
+
+}  // namespace
+
+std::unique_ptr<Pipeline> load_flux_pipeline(const GenerateRequest& r, const ModelInfo& m) {
+  return std::make_unique<FluxPipelineImpl>(r, m);
+}
+
+}  // namespace mmdit
