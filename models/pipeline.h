@@ -26,6 +26,16 @@ struct GenerateRequest {
   // Skip-layer guidance (SD3.5): off when slg_scale == 0 or no layers.
   double slg_scale = 0.0, slg_start = 0.01, slg_stop = 0.2;
   std::vector<int> slg_layers;
+  // Video models (CogVideoX). 0 / empty mean "the pipeline's default".
+  int frames = 0, fps = 0;
+  std::string sampler;  // "ddim" or "dpm" (default: the model's scheduler class)
+  bool dynamic_cfg = false, vae_tiling = false;
+};
+
+// One generated video: its frames in order and the frame rate to play them at.
+struct Video {
+  int fps = 8;
+  std::vector<Image> frames;
 };
 
 // Loads the model once; generate() may then be called for many requests (same device/dtype).
@@ -38,6 +48,10 @@ class Pipeline {
   // Runs a resolved request; one image per batch entry. `step` is called after each denoising step.
   virtual std::vector<Image> generate(const GenerateRequest& r, const std::function<void(int, int)>& step = {}) = 0;
   virtual std::string name() const = 0;  // "sd3.5-large", shown in logs and PNG metadata
+  // Video pipelines return true and implement generate_video (one video per batch entry); generate()
+  // of a video pipeline returns all frames of all videos.
+  virtual bool is_video() const { return false; }
+  virtual std::vector<Video> generate_video(const GenerateRequest& r, const std::function<void(int, int)>& step = {});
 };
 
 // Opens `r.model` (plus the separate encoder paths) on r.device / r.dtype.

@@ -1,0 +1,187 @@
+#include "models/cogvideox_pipeline.h"
+
+#include <cmath>
+#include <map>
+
+#include <torch/torch.h>
+
+#include "core/errors.h"
+#include "core/torch_util.h"
+#include "models/cogvideox_transformer.h"
+#include "models/cogvideox_vae.h"
+#include "models/t5_encoder.h"
+#include "models/t5_tokenizer.h"
+#include "samplers/cogvideox_schedulers.h"
+
+namespace mmdit {
+namespace fs = std::filesystem;
+
+namespace {
+
+class CogVideoXPipeline : public Pipeline {
+ public:
+  CogVideoXPipeline(const GenerateRequest& r, const ModelInfo& m);
+  void resolve(GenerateRequest& r) const override;
+  std::vector<Image> generate(const GenerateRequest& r, const std::function<void(int, int)>& step) override;
+  std::vector<Video> generate_video(const GenerateRequest& r, const std::function<void(int, int)>& step) override;
+  std::string name() const override { return name_; }
+  bool is_video() const override { return true; }
+
+ private:
+  at::Tensor encode(const std::string& prompt, int max_sequence_length);
+
+  std::string name_;
+  at::Device device_;
+  at::ScalarType dtype_;
+  fs::path t5_dir_;
+  std::optional<T5Tokenizer> tok_;
+  std::shared_ptr<T5EncoderModel> t5_;
+  std::shared_ptr<CogVideoXTransformer> transformer_;
+  std::shared_ptr<AutoencoderKLCogVideoX> vae_;
+  nlohmann::json scheduler_config_ = nlohmann::json::object();
+  std::string default_sampler_ = "ddim";
+  std::map<std::pair<std::string, int>, at::Tensor> cache_;
+};
+
+CogVideoXPipeline::CogVideoXPipeline(const GenerateRequest& r, const ModelInfo& m)
+    : name_(m.variant.empty() ? "cogvideox" : m.variant),
+      device_(parse_device(r.device)),
+      dtype_(r.dtype.empty() ? (device_.is_cuda() ? at::kBFloat16 : at::kFloat) : parse_dtype(r.dtype)) {
+  if (m.kind != ModelKind::PipelineFolder)
+    throw UsageError("--model " + r.model + ": CogVideoX needs the diffusers pipeline folder (with model_index.json)");
+  auto dir = [&](const char* name) {
+    const ComponentInfo* c = m.component(name);
+    if (!c) throw FormatError(r.model + ": model_index.json has no '" + name + "' component");
+    return c;
+  };
+  const ComponentInfo* sched = dir("scheduler");
+  scheduler_config_ = sched->config.is_object() ? sched->config : nlohmann::json::object();
+  if (sched->class_name == "CogVideoXDPMScheduler") default_sampler_ = "dpm";
+  else if (sched->class_name != "CogVideoXDDIMScheduler")
+    throw FormatError(r.model + ": scheduler " + sched->class_name + " is not a CogVideoX scheduler");
+  t5_dir_ = r.t5.empty() ? dir("text_encoder")->dir : fs::path(r.t5);
+  tok_ = T5Tokenizer::load(r.tokenizer_dir.empty() ? dir("tokenizer")->dir : fs::path(r.tokenizer_dir));
+  transformer_ = CogVideoXTransformer::load(dir("transformer")->dir, device_, dtype_);
+  vae_ = AutoencoderKLCogVideoX::load(dir("vae")->dir, device_, dtype_);
+}
+
+void CogVideoXPipeline::resolve(GenerateRequest& r) const {
+  const auto& c = transformer_->config();
+  const int64_t s = vae_->config().spatial_scale(), unit = s * c.patch_size;
+  if (r.width == 0) r.width = int(c.sample_width * s);
+  if (r.height == 0) r.height = int(c.sample_height * s);
+  if (r.width % unit || r.height % unit)
+    throw UsageError("--width/--height " + std::to_string(r.width) + "x" + std::to_string(r.height) +
+                     ": must be multiples of " + std::to_string(unit) + " for this model");
+  const int64_t tc = vae_->config().temporal_compression_ratio;
+  if (r.frames == 0) r.frames = int(c.sample_frames);
+  if (r.frames < 1 || (r.frames - 1) % tc != 0)
+    throw UsageError("--frames " + std::to_string(r.frames) + ": must be " + std::to_string(tc) + "k+1 (e.g. " +
+                     std::to_string(tc * ((r.frames - 1) / tc) + 1) + " or " + std::to_string(tc * ((r.frames - 1) / tc + 1) + 1) + ")");
+  if (r.fps == 0) r.fps = 8;
+  if (r.steps == 0) r.steps = 50;
+  if (r.cfg < 0) r.cfg = 6.0;
+  if (r.sampler.empty()) r.sampler = default_sampler_;
+  if (r.sampler != "ddim" && r.sampler != "dpm") throw UsageError("--sampler " + r.sampler + ": must be ddim or dpm");
+  if (r.batch != 1) throw UsageError("--batch: CogVideoX makes one video per run");
+  if (r.max_sequence_length == 0) r.max_sequence_length = int(c.max_text_seq_length);
+  if (!c.use_rotary_positional_embeddings && r.max_sequence_length != c.max_text_seq_length)
+    throw UsageError("--max-sequence-length: this model needs exactly " + std::to_string(c.max_text_seq_length) + " tokens");
+  if (r.shift > 0) throw UsageError("--shift: CogVideoX's schedulers have no shift");
+  if (r.slg_scale > 0) throw UsageError("--slg-scale: skip-layer guidance is not available for CogVideoX");
+  if (r.dtype.empty()) r.dtype = short_dtype_name(dtype_);
+}
+
+at::Tensor CogVideoXPipeline::encode(const std::string& prompt, int max_len) {
+  auto key = std::make_pair(prompt, max_len);
+  if (auto it = cache_.find(key); it != cache_.end()) return it->second;
+  if (!t5_) t5_ = T5EncoderModel::load(t5_dir_, device_, dtype_);
+  torch::NoGradGuard no_grad;
+  at::Tensor e = t5_->forward(at::tensor(tok_->encode(prompt, max_len), at::kLong).unsqueeze(0)).to(dtype_);
+  cache_[key] = e;
+  return e;
+}
+
+std::vector<Video> CogVideoXPipeline::generate_video(const GenerateRequest& r, const std::function<void(int, int)>& step) {
+  torch::NoGradGuard no_grad;
+  const auto& tc = transformer_->config();
+  const bool cfg = r.cfg > 1.0;
+  at::Tensor embeds = encode(r.prompt, r.max_sequence_length);
+  if (cfg) embeds = at::cat({encode(r.negative_prompt, r.max_sequence_length), embeds});
+  if (device_.is_cuda()) t5_.reset();  // the encodings are cached; the transformer needs the memory
+
+  CogVideoXScheduler sched(CogVideoXSchedulerConfig::from_json(scheduler_config_));
+  sched.set_timesteps(r.steps);
+  const int64_t tcomp = vae_->config().temporal_compression_ratio, s = vae_->config().spatial_scale();
+  int64_t frames = r.frames;
+  int64_t latent_frames = (frames - 1) / tcomp + 1, additional = 0;
+  if (tc.patch_size_t && latent_frames % tc.patch_size_t) {
+    additional = tc.patch_size_t - latent_frames % tc.patch_size_t;
+    frames += additional * tcomp;
+    latent_frames = (frames - 1) / tcomp + 1;
+  }
+  // prepare_latents: randn_tensor on the CPU generator in the model dtype, then moved.
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
+  at::Tensor latents =
+      at::randn({1, latent_frames, tc.in_channels, r.height / s, r.width / s}, gen, at::TensorOptions().dtype(dtype_)).to(device_);
+  std::optional<std::pair<at::Tensor, at::Tensor>> rope;
+  if (tc.use_rotary_positional_embeddings) rope = cogvideox_rotary_embeddings(tc, r.height, r.width, latent_frames, s);
+
+  at::Tensor old_x0;
+  for (int i = 0; i < r.steps; ++i) {
+    const int64_t t = sched.timesteps()[size_t(i)];
+    at::Tensor x = cfg ? at::cat({latents, latents}) : latents;
+    at::Tensor ts = at::full({x.size(0)}, t, at::TensorOptions().dtype(at::kLong).device(device_));
+    at::Tensor pred = transformer_->forward(x, embeds, ts, rope, std::nullopt, i).to(at::kFloat);
+    double g = r.cfg;
+    if (r.dynamic_cfg)  // the pipeline's use_dynamic_cfg formula, with the integer timestep
+      g = 1 + r.cfg * ((1 - std::cos(M_PI * std::pow(double(r.steps - t) / double(r.steps), 5.0))) / 2);
+    if (cfg) {
+      auto parts = pred.chunk(2);
+      pred = parts[0] + g * (parts[1] - parts[0]);
+    }
+    if (r.sampler == "dpm") {
+      auto out = sched.step_dpm(pred, old_x0, latents, i, gen);
+      latents = out.prev_sample;
+      old_x0 = out.pred_original_sample;
+    } else {
+      latents = sched.step_ddim(pred, latents, i).prev_sample;
+    }
+    latents = latents.to(dtype_);
+    if (step) step(i + 1, r.steps);
+  }
+  latents = latents.narrow(1, additional, latents.size(1) - additional).permute({0, 2, 1, 3, 4});
+  latents = (1 / vae_->config().scaling_factor) * latents;
+  CogVideoXTiling tiling;
+  at::Tensor video = vae_->decode(latents, r.vae_tiling ? &tiling : nullptr);  // [1, C, F, H, W]
+  // VideoProcessor.postprocess_video(output_type="np"), then x 255 rounded.
+  at::Tensor u8 = (video / 2 + 0.5).clamp(0, 1).to(at::kFloat).mul(255).round().to(at::kByte);
+  u8 = u8[0].permute({1, 2, 3, 0}).contiguous().cpu();  // [F, H, W, C]
+  Video out;
+  out.fps = r.fps;
+  for (int64_t f = 0; f < u8.size(0); ++f) {
+    Image img;
+    img.height = int(u8.size(1));
+    img.width = int(u8.size(2));
+    img.channels = int(u8.size(3));
+    const uint8_t* p = u8[f].data_ptr<uint8_t>();
+    img.pixels.assign(p, p + u8[f].numel());
+    out.frames.push_back(std::move(img));
+  }
+  return {out};
+}
+
+std::vector<Image> CogVideoXPipeline::generate(const GenerateRequest& r, const std::function<void(int, int)>& step) {
+  std::vector<Image> all;
+  for (auto& v : generate_video(r, step))
+    for (auto& f : v.frames) all.push_back(std::move(f));
+  return all;
+}
+
+}  // namespace
+
+std::unique_ptr<Pipeline> load_cogvideox_pipeline(const GenerateRequest& r, const ModelInfo& m) {
+  return std::make_unique<CogVideoXPipeline>(r, m);
+}
+
+}  // namespace mmdit

@@ -1,0 +1,196 @@
+// CogVideoX against diffusers goldens (scripts/goldens/cogvideox.py): the DDIM/DPM schedulers, the
+// transformer (2B-, 5B- and 1.5-like), the causal 3D VAE (frame-batched, tiled, encode) and whole videos
+// through `mmdit generate`.
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "core/image_io.h"
+#include "core/safetensors.h"
+#include "models/cogvideox_transformer.h"
+#include "models/cogvideox_vae.h"
+#include "samplers/cogvideox_schedulers.h"
+#include "tests/test_util.h"
+
+namespace mmdit {
+namespace {
+namespace fs = std::filesystem;
+
+const fs::path kDir = fs::path(MMDIT_GOLDEN_DIR) / "cogvideox";
+
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor x = a.to(at::kDouble), y = b.to(at::kDouble);
+  return (x - y).norm().item<double>() / y.norm().item<double>();
+}
+
+struct Golden {
+  std::shared_ptr<SafetensorsFile> f;
+  explicit Golden(const std::string& name) : f(SafetensorsFile::open(kDir / name)) {}
+  at::Tensor operator[](const std::string& n) const { return f->tensor(n).clone(); }
+};
+
+CogVideoXSchedulerConfig real_config(double snr) {
+  CogVideoXSchedulerConfig c;
+  c.prediction_type = "v_prediction";
+  c.rescale_betas_zero_snr = true;
+  c.timestep_spacing = "trailing";
+  c.snr_shift_scale = snr;
+  return c;
+}
+
+TEST(CogVideoXScheduler, TablesMatchDiffusers) {
+  Golden g("scheduler.safetensors");
+  for (double snr : {3.0, 1.0}) {
+    CogVideoXScheduler s(real_config(snr));
+    at::Tensor ours = at::tensor(s.alphas_cumprod(), at::kDouble);
+    const std::string key = snr == 3.0 ? "alphas_cumprod_3.0" : "alphas_cumprod_1.0";
+    double e = (ours - g[key]).abs().max().item<double>();
+    std::printf("[cogvideox] alphas_cumprod snr %g: max abs err %.3g\n", snr, e);
+    EXPECT_LE(e, 1e-15) << key;
+  }
+  auto c = real_config(3.0);
+  c.rescale_betas_zero_snr = false;
+  EXPECT_LE((at::tensor(CogVideoXScheduler(c).alphas_cumprod(), at::kDouble) - g["alphas_cumprod_norescale"]).abs().max().item<double>(), 1e-15);
+  for (const char* spacing : {"trailing", "leading", "linspace"})
+    for (int steps : {50, 6, 7}) {
+      auto cs = real_config(1.0);
+      cs.timestep_spacing = spacing;
+      CogVideoXScheduler s(cs);
+      s.set_timesteps(steps);
+      at::Tensor want = g[std::string("timesteps_") + spacing + "_" + std::to_string(steps)];
+      EXPECT_TRUE(at::equal(at::tensor(s.timesteps(), at::kLong), want)) << spacing << " " << steps;
+    }
+}
+
+TEST(CogVideoXScheduler, DdimAndDpmStepsMatchDiffusers) {
+  Golden g("scheduler.safetensors");
+  {
+    CogVideoXScheduler s(real_config(3.0));
+    s.set_timesteps(6);
+    at::Tensor x = g["sample"];
+    for (int i = 0; i < 6; ++i) {
+      x = s.step_ddim(g["model_output_" + std::to_string(i)], x, i).prev_sample;
+      double e = rel_err(x, g["ddim_" + std::to_string(i)]);
+      EXPECT_LE(e, 1e-6) << "ddim step " << i;
+    }
+  }
+  {
+    CogVideoXScheduler s(real_config(1.0));
+    s.set_timesteps(6);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(77);
+    at::Tensor x = g["sample"], old;
+    for (int i = 0; i < 6; ++i) {
+      auto out = s.step_dpm(g["model_output_" + std::to_string(i)], old, x, i, gen);
+      x = out.prev_sample;
+      old = out.pred_original_sample;
+      double e = rel_err(x, g["dpm_" + std::to_string(i)]);
+      std::printf("[cogvideox] dpm step %d: rel err %.3g\n", i, e);
+      EXPECT_LE(e, 1e-6) << "dpm step " << i;
+      EXPECT_LE(rel_err(old, g["dpm_x0_" + std::to_string(i)]), 1e-6) << "dpm x0 " << i;
+    }
+  }
+}
+
+class CogVideoXTransformerGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CogVideoXTransformerGolden, MatchesDiffusers) {
+  torch::NoGradGuard ng;
+  Golden io("transformer_" + GetParam() + "_io.safetensors");
+  auto m = CogVideoXTransformer::load(kDir / ("transformer_" + GetParam()), at::kCPU, at::kFloat);
+  at::Tensor x = io["hidden_states"];
+  std::optional<std::pair<at::Tensor, at::Tensor>> rope;
+  if (m->config().use_rotary_positional_embeddings) {
+    rope = cogvideox_rotary_embeddings(m->config(), x.size(3) * 8, x.size(4) * 8, x.size(1));
+    EXPECT_LE(rel_err(rope->first, io["rope_cos"]), 1e-7);
+    EXPECT_LE(rel_err(rope->second, io["rope_sin"]), 1e-7);
+  }
+  at::Tensor y = m->forward(x, io["encoder_hidden_states"], io["timestep"].to(at::kLong), rope);
+  double e = rel_err(y, io["out"]);
+  std::printf("[cogvideox] transformer %s: rel err %.3g\n", GetParam().c_str(), e);
+  EXPECT_LE(e, 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, CogVideoXTransformerGolden, ::testing::Values("2b", "5b", "15"));
+
+TEST(CogVideoXVae, DecodeTiledAndEncodeMatchDiffusers) {
+  torch::NoGradGuard ng;
+  Golden io("vae_io.safetensors");
+  auto vae = AutoencoderKLCogVideoX::load(kDir / "vae", at::kCPU, at::kFloat);
+  at::Tensor d = vae->decode(io["latents"]);
+  double e = rel_err(d, io["decoded"]);
+  std::printf("[cogvideox] vae decode (5 latent frames, chunks 3+2): rel err %.3g\n", e);
+  EXPECT_EQ(d.sizes(), io["decoded"].sizes());
+  EXPECT_LE(e, 1e-4);
+  CogVideoXTiling t;
+  t.tile_sample_min_height = 24;
+  t.tile_sample_min_width = 40;
+  at::Tensor dt = vae->decode(io["latents"], &t);
+  double et = rel_err(dt, io["decoded_tiled"]);
+  std::printf("[cogvideox] vae tiled decode: rel err %.3g\n", et);
+  EXPECT_EQ(dt.sizes(), io["decoded_tiled"].sizes());
+  EXPECT_LE(et, 1e-4);
+  auto [mean, logvar] = vae->encode(io["video"]);
+  double em = rel_err(mean, io["mean"]), el = rel_err(logvar, io["logvar"]);
+  std::printf("[cogvideox] vae encode: mean rel err %.3g, logvar %.3g\n", em, el);
+  EXPECT_LE(em, 1e-4);
+  EXPECT_LE(el, 1e-4);
+}
+
+int max_pixel_diff(const Image& a, const Image& b) {
+  EXPECT_EQ(a.width, b.width);
+  EXPECT_EQ(a.height, b.height);
+  int m = 0;
+  for (size_t i = 0; i < std::min(a.pixels.size(), b.pixels.size()); ++i)
+    m = std::max(m, std::abs(int(a.pixels[i]) - int(b.pixels[i])));
+  return m;
+}
+
+TEST(CogVideoXPipeline, FramesEqualDiffusers) {
+  std::ifstream in(kDir / "cases.json");
+  auto cases = nlohmann::json::parse(in);
+  for (const auto& c : cases) {
+    const std::string name = c["name"];
+    SCOPED_TRACE(name);
+    const auto& p = c["params"];
+    auto dir = test::temp_dir("cogvideox_" + name);
+    auto q = [](const std::string& s) { return "'" + s + "'"; };
+    std::string args = "generate -q --model " + (kDir / c["model"].get<std::string>()).string() + " --prompt " +
+                       q(p["prompt"]) + " --seed " + std::to_string(p["seed"].get<int>()) + " --steps " +
+                       std::to_string(p["steps"].get<int>()) + " --cfg " + std::to_string(p["cfg"].get<double>()) +
+                       " --width " + std::to_string(p["width"].get<int>()) + " --height " +
+                       std::to_string(p["height"].get<int>()) + " --frames " + std::to_string(p["frames"].get<int>()) +
+                       " --max-sequence-length 16 --output " + (dir / "f_%03d.png").string();
+    if (p.contains("negative_prompt")) args += " --negative-prompt " + q(p["negative_prompt"]);
+    if (p.value("dynamic_cfg", false)) args += " --dynamic-cfg";
+    auto r = test::run_mmdit(args, name);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto& frames = c["frames"];
+    int worst = 0;
+    for (size_t i = 0; i < frames.size(); ++i) {
+      char f[32];
+      std::snprintf(f, sizeof f, "f_%03d.png", int(i));
+      ASSERT_TRUE(fs::exists(dir / f)) << f;
+      worst = std::max(worst, max_pixel_diff(read_png(dir / f), read_png(kDir / frames[i].get<std::string>())));
+    }
+    EXPECT_FALSE(fs::exists(dir / "f_009.png"));
+    std::printf("[cogvideox] %s: %zu frames, max pixel diff %d\n", name.c_str(), frames.size(), worst);
+    EXPECT_LE(worst, 1);
+  }
+}
+
+TEST(CogVideoXPipeline, FramesNotFourKPlusOneIsAUsageError) {
+  auto dir = test::temp_dir("cogvideox_frames10");
+  auto r = test::run_mmdit("generate -q --model " + (kDir / "tiny-cogvideox-2b").string() +
+                               " --prompt x --steps 1 --frames 10 --max-sequence-length 16 --output " +
+                               (dir / "f_%03d.png").string(),
+                           "frames10");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find("--frames 10"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::is_empty(dir));
+}
+
+}  // namespace
+}  // namespace mmdit
