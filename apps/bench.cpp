@@ -20,6 +20,7 @@ struct BenchOptions {
   GenerateRequest req;
   bool random_weights = false;
   int runs = 2;
+  int warmup_steps = 0;  // 0: as many as the timed runs
   std::string attention = "auto";
 };
 
@@ -50,21 +51,25 @@ void run_bench(BenchOptions& o) {
   for (int run = 0; run <= o.runs; ++run) {  // run 0 warms up (kernel selection, allocator)
     GenerateRequest q = r;
     q.prompt = r.prompt + " (run " + std::to_string(run) + ")";  // a new prompt: encoding is timed too
+    if (run == 0 && o.warmup_steps > 0) q.steps = o.warmup_steps;
     std::vector<double> stamps;
     sync();
     const double start = now_s();
     stamps.push_back(start);
-    pipe->generate(q, [&](int, int) {
+    auto on_step = [&](int, int) {
       sync();  // per-step times need the device to finish the step
       stamps.push_back(now_s());
-    });
+    };
+    if (pipe->is_video()) pipe->generate_video(q, on_step);
+    else pipe->generate(q, on_step);
     sync();
     if (run == 0) continue;
     totals.push_back(now_s() - start);
     for (size_t i = 2; i < stamps.size(); ++i) steps.push_back(stamps[i] - stamps[i - 1]);  // step 1 includes encoding
   }
-  nlohmann::ordered_json j = {{"model", pipe->name()}, {"device", r.device}, {"dtype", r.dtype},
-                              {"width", r.width}, {"height", r.height}, {"steps", r.steps}, {"cfg", r.cfg},
+  nlohmann::ordered_json j = {{"impl", "mmdit"}, {"model", pipe->name()}, {"device", r.device}, {"dtype", r.dtype},
+                              {"width", r.width}, {"height", r.height}, {"frames", r.frames},
+                              {"steps", r.steps}, {"cfg", r.cfg},
                               {"attention", o.attention}, {"random_weights", o.random_weights},
                               {"load_s", load_s}, {"step_ms", median(steps) * 1000.0},
                               {"pipeline_s", median(totals)}, {"runs", o.runs}};
@@ -85,6 +90,8 @@ Command add_bench_command(CLI::App& app) {
   sub->add_option("-H,--height", r.height, "Height")->check(CLI::PositiveNumber);
   sub->add_option("--steps", r.steps, "Steps")->check(CLI::PositiveNumber);
   sub->add_option("--cfg", r.cfg, "Guidance scale")->check(CLI::NonNegativeNumber);
+  sub->add_option("--frames", r.frames, "Video frames (video models)")->check(CLI::PositiveNumber);
+  sub->add_option("--warmup-steps", o->warmup_steps, "Steps of the untimed warm-up run (default: --steps)");
   sub->add_option("--runs", o->runs, "Timed runs after one warm-up")->check(CLI::PositiveNumber);
   sub->add_option("--attention", o->attention, "SDPA backend: auto, flash, cudnn, efficient, math")->capture_default_str();
   sub->add_flag("--random-weights", o->random_weights, "Make random weights on the device instead of loading files");

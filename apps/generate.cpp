@@ -65,7 +65,7 @@ Command add_generate_command(CLI::App& app) {
   sub->add_option("--shift", r.shift, "Flow-matching shift (default: the scheduler config's)")->check(CLI::PositiveNumber);
   sub->add_option("--device", f->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--dtype", f->dtype, "f32, f16 or bf16 (default: f32 on cpu, bf16 on cuda)");
-  sub->add_option("-o,--output", r.output, "Output PNG (default: mmdit-SEED.png); for videos a frame pattern like out_%03d.png");
+  sub->add_option("-o,--output", r.output, "Output PNG (default: mmdit-SEED.png); videos: out.mp4 or a frame pattern like out_%03d.png");
   sub->add_option("--batch", r.batch, "Images to generate from the prompt")->check(CLI::Range(1, 64));
   sub->add_option("--max-sequence-length", r.max_sequence_length, "T5 tokens (SD3 default 256)")->check(CLI::Range(1, 512));
   sub->add_option("--slg-scale", r.slg_scale, "Skip-layer guidance scale (0 = off)")->check(CLI::NonNegativeNumber);
@@ -76,7 +76,8 @@ Command add_generate_command(CLI::App& app) {
       ->check(CLI::Range(0.0, 1.0));
   sub->add_option("--frames", r.frames, "Video frames, 4k+1 (video models; default: the model's, 49 for CogVideoX)")
       ->check(CLI::PositiveNumber);
-  sub->add_option("--fps", r.fps, "Video frame rate (default 8)")->check(CLI::PositiveNumber);
+  sub->add_option("--fps", r.fps, "Video frame rate (default: the model's, 8)")->check(CLI::Range(1, 240));
+  sub->add_option("--crf", r.crf, "MP4 quality, 0 (lossless) to 51; lower is better")->check(CLI::Range(0, 51))->capture_default_str();
   sub->add_option("--sampler", r.sampler, "Video sampler: ddim or dpm (default: the model's scheduler)");
   sub->add_flag("--dynamic-cfg", r.dynamic_cfg, "CogVideoX's dynamic guidance scale (use_dynamic_cfg)");
   sub->add_flag("--vae-tiling", r.vae_tiling, "Decode video in overlapping spatial tiles (less memory)");

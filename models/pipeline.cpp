@@ -9,6 +9,7 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "core/model_folder.h"
+#include "core/video_writer.h"
 #include "models/cogvideox_pipeline.h"
 #include "models/flux_pipeline.h"
 #include "models/sd3_pipeline.h"
@@ -28,7 +29,9 @@ bool is_pattern(const std::string& s) { return s.find('%') != std::string::npos;
 
 // Video output: a printf pattern of PNG frames (out_%03d.png), or a video file (core/video_writer.h).
 void check_video_output(const GenerateRequest& r) {
-  if (r.output.empty()) throw UsageError("--output: video models need an output, e.g. out_%03d.png");
+  if (r.output.empty()) throw UsageError("--output: video models need an output, e.g. out.mp4 or out_%03d.png");
+  if (!is_pattern(r.output) && fs::path(r.output).extension() == ".mp4" && !video_mp4_available())
+    throw UsageError("--output " + r.output + ": this mmdit was built without FFmpeg: MP4 output unavailable; write frames with --output 'frame_%03d.png'");
   const fs::path p(r.output);
   const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
   if (!fs::is_directory(dir)) throw FileError("--output " + r.output + ": folder " + dir.string() + " does not exist");
@@ -107,9 +110,14 @@ void write_videos(const GenerateRequest& r, Pipeline& pipe, const std::function<
         std::printf("%s\n", path);
       }
     } else {
-      // VIDEO WRITER CALL SITE: replace with
-      //   write_video(r.output, video.frames, video.fps, crf);   // core/video_writer.h
-      throw UsageError("--output " + r.output + ": video files are not supported yet; pass a frame pattern like out_%03d.png");
+      // MP4: the parameters as the human-readable comment, the request as JSON in the description.
+      auto meta = png_metadata(r, pipe.name(), int(v));
+      VideoOptions opts;
+      opts.fps = video.fps;
+      opts.crf = r.crf;
+      opts.metadata = {{"comment", meta["parameters"]}, {"description", meta["mmdit"]}};
+      write_video(r.output, video.frames, opts);
+      std::printf("%s\n", r.output.c_str());
     }
   }
 }

@@ -27,7 +27,7 @@ struct GenerateRequest {
   double slg_scale = 0.0, slg_start = 0.01, slg_stop = 0.2;
   std::vector<int> slg_layers;
   // Video models (CogVideoX). 0 / empty mean "the pipeline's default".
-  int frames = 0, fps = 0;
+  int frames = 0, fps = 0, crf = 18;
   std::string sampler;  // "ddim" or "dpm" (default: the model's scheduler class)
   bool dynamic_cfg = false, vae_tiling = false;
 };
