@@ -14,5 +14,6 @@ struct Command {
 
 Command add_inspect_command(CLI::App& app);
 Command add_generate_command(CLI::App& app);
+Command add_run_command(CLI::App& app);
 
 }  // namespace mmdit

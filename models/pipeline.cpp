@@ -16,12 +16,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string output_path(const GenerateRequest& r, int index) {
-  fs::path p = r.output.empty() ? fs::path("mmdit-" + std::to_string(r.seed) + ".png") : fs::path(r.output);
-  if (r.batch > 1) p.replace_filename(p.stem().string() + "-" + std::to_string(index) + p.extension().string());
-  return p.string();
-}
-
 void check_output(const GenerateRequest& r) {
   const fs::path p = output_path(r, 0);
   std::string ext = p.extension().string();
@@ -32,6 +26,12 @@ void check_output(const GenerateRequest& r) {
 }
 
 }  // namespace
+
+std::string output_path(const GenerateRequest& r, int index) {
+  fs::path p = r.output.empty() ? fs::path("mmdit-" + std::to_string(r.seed) + ".png") : fs::path(r.output);
+  if (r.batch > 1) p.replace_filename(p.stem().string() + "-" + std::to_string(index) + p.extension().string());
+  return p.string();
+}
 
 std::unique_ptr<Pipeline> load_pipeline(const GenerateRequest& r) {
   ModelInfo m = open_model(r.model);
