@@ -668,7 +668,6 @@ nlohmann::ordered_json job_schema() {
     if (o.required) required_note.push_back(o.key);
   nlohmann::ordered_json s;
   s["$schema"] = "https://json-schema.org/draft/2020-12/schema";
-  s["$id"] = "https://github.com/mmdit/mmdit/docs/jobs.schema.json";
   s["title"] = "mmdit run job file";
   s["description"] =
       "Jobs for `mmdit run`: every key is a `generate` long option with _ for -. Each job needs model and "
