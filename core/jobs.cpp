@@ -812,7 +812,8 @@ int run_jobs(const JobFile& jobs, const RunOptions& opt) {
       ++skipped;
       log_info(counter + "skipped (outputs exist): " + short_prompt(run.req.prompt));
       line.update({{"status", "skipped"}, {"error", nullptr}, {"seconds", 0.0}, {"seed", run.req.seed},
-                   {"outputs", run.outputs}});
+                   {"random_seed", run.random_seed}, {"outputs", run.outputs}, {"prompt", run.req.prompt},
+                   {"model", run.req.model}});
       report.line(line);
       continue;
     }
