@@ -293,6 +293,27 @@ TEST(Jobs, SameImageAsGenerate) {
   EXPECT_TRUE(read_png(dir / "stdin.png").pixels == a.pixels);
 }
 
+// Each model is loaded once and kept while a later run needs it: A, B, A loads two pipelines.
+TEST(Jobs, PipelinesAreLoadedOnceAndKeptForLaterJobs) {
+  auto dir = test::temp_dir("jobs_cache");
+  const std::string other = std::string(MMDIT_GOLDEN_DIR) + "/sd3_pipeline/tiny-sd35m";
+  json d = small_defaults();
+  d["steps"] = 1;
+  d["output"] = "{index}.png";
+  json jobs = {{{"prompt", "a"}, {"seed", 1}}, {{"prompt", "b"}, {"seed", 2}, {"model", other}},
+               {{"prompt", "a"}, {"seed", 3}}, {{"prompt", "c"}, {"seed", 4}, {"model", other}}};
+  write_text(dir / "jobs.json", json({{"defaults", d}, {"jobs", jobs}}).dump());
+  auto r = test::run_mmdit("run " + (dir / "jobs.json").string(), "jobs_cache");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::vector<std::string> loads;
+  for (const auto& l : lines(r.err))
+    if (l.find("loaded ") != std::string::npos) loads.push_back(l);
+  ASSERT_EQ(loads.size(), 2u) << r.err;
+  EXPECT_NE(loads[0].find("tiny-sd3 "), std::string::npos) << loads[0];
+  EXPECT_NE(loads[1].find("tiny-sd35m "), std::string::npos) << loads[1];
+  EXPECT_EQ(pngs_in(dir).size(), 4u);
+}
+
 // --- interruption and resume --------------------------------------------------------------------
 
 struct Child {
