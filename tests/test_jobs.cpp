@@ -454,26 +454,35 @@ TEST(Jobs, ConfigExamplesAreValid) {
   EXPECT_GE(n, 2);
 }
 
-// One process for 10 runs beats 10 `generate`s (model load and process start paid once).
+// One process for 10 runs beats 10 `generate`s (model load and process start paid once). Wall times on a
+// shared machine vary with the load of other tests, so generate and run alternate three times and the
+// fastest of each is compared; one OpenMP thread keeps contention from inflating them.
 TEST(Jobs, TenJobsFasterThanTenGenerates) {
+  ::setenv("OMP_NUM_THREADS", "1", 1);
   auto dir = test::temp_dir("jobs_speed");
   auto now = [] { return std::chrono::steady_clock::now(); };
   const std::string params = " --width 64 --height 64 --steps 2 --cfg 2";
-  auto t0 = now();
-  auto g = test::run_mmdit("generate -q --model " + tiny() + params + " --prompt 'a red circle' --seed 1 -o " +
-                               (dir / "g.png").string(), "jobs_speed_gen");
-  const double one = std::chrono::duration<double>(now() - t0).count();
-  ASSERT_EQ(g.exit_code, 0) << g.err;
   json jobs = json::array();
   for (int i = 0; i < 10; ++i) jobs.push_back({{"prompt", "a red circle number " + std::to_string(i)}, {"seed", i}});
   json d = small_defaults();
   d["output"] = "r-{index}.png";
   write_text(dir / "jobs.json", json({{"defaults", d}, {"jobs", jobs}}).dump());
-  t0 = now();
-  auto r = test::run_mmdit("run -q " + (dir / "jobs.json").string(), "jobs_speed_run");
-  const double ten = std::chrono::duration<double>(now() - t0).count();
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  std::printf("one generate: %.2f s; run of 10 jobs: %.2f s (%.1fx one generate)\n", one, ten, ten / one);
+  double one = 1e9, ten = 1e9;
+  for (int round = 0; round < 3; ++round) {
+    auto t0 = now();
+    auto g = test::run_mmdit("generate -q --model " + tiny() + params + " --prompt 'a red circle' --seed 1 -o " +
+                                 (dir / "g.png").string(), "jobs_speed_gen");
+    const double t_gen = std::chrono::duration<double>(now() - t0).count();
+    ASSERT_EQ(g.exit_code, 0) << g.err;
+    t0 = now();
+    auto r = test::run_mmdit("run -q " + (dir / "jobs.json").string(), "jobs_speed_run");
+    const double t_run = std::chrono::duration<double>(now() - t0).count();
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::printf("round %d: one generate %.2f s, run of 10 jobs %.2f s\n", round, t_gen, t_run);
+    one = std::min(one, t_gen);
+    ten = std::min(ten, t_run);
+  }
+  std::printf("fastest: one generate %.2f s; run of 10 jobs %.2f s (%.1fx one generate)\n", one, ten, ten / one);
   EXPECT_LT(ten, 10 * one);
 }
 
