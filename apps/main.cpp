@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
   app.add_flag("-v,--verbose", verbose, "More log output");
   app.add_flag("-q,--quiet", quiet, "Only warnings and errors");
   const mmdit::Command commands[] = {mmdit::add_generate_command(app), mmdit::add_inspect_command(app),
-                                     mmdit::add_bench_command(app)};
+                                     mmdit::add_bench_command(app), mmdit::add_run_command(app)};
 
   try {
     app.parse(argc, argv);
@@ -56,6 +56,8 @@ int main(int argc, char** argv) {
     for (const auto& c : commands)
       if (c.app->parsed()) c.run();
     return 0;
+  } catch (const mmdit::ExitStatus& e) {
+    return e.code;
   } catch (const mmdit::InputError& e) {
     return report(e.what(), 2);
   } catch (const std::filesystem::filesystem_error& e) {

@@ -28,4 +28,11 @@ struct RuntimeFailure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Not an error: ends a command that has already reported its outcome with this exit status (`mmdit run`:
+// 2 after listing every problem of a job file, 1 when some job failed, 130 when interrupted). main()
+// prints nothing more.
+struct ExitStatus {
+  int code;
+};
+
 }  // namespace mmdit

@@ -19,12 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string output_path(const GenerateRequest& r, int index) {
-  fs::path p = r.output.empty() ? fs::path("mmdit-" + std::to_string(r.seed) + ".png") : fs::path(r.output);
-  if (r.batch > 1) p.replace_filename(p.stem().string() + "-" + std::to_string(index) + p.extension().string());
-  return p.string();
-}
-
 bool is_pattern(const std::string& s) { return s.find('%') != std::string::npos; }
 
 // Video output: a printf pattern of PNG frames (out_%03d.png), or a video file (core/video_writer.h).
@@ -56,6 +50,12 @@ void check_output(const GenerateRequest& r) {
 }
 
 }  // namespace
+
+std::string output_path(const GenerateRequest& r, int index) {
+  fs::path p = r.output.empty() ? fs::path("mmdit-" + std::to_string(r.seed) + ".png") : fs::path(r.output);
+  if (r.batch > 1) p.replace_filename(p.stem().string() + "-" + std::to_string(index) + p.extension().string());
+  return p.string();
+}
 
 std::unique_ptr<Pipeline> load_pipeline(const GenerateRequest& r) {
   ModelInfo m = open_model(r.model);

@@ -61,6 +61,10 @@ std::unique_ptr<Pipeline> load_pipeline(const GenerateRequest& r);
 // "prompt\nNegative prompt: ...\nSteps: ..., Seed: ..." form, and "mmdit" as JSON of the request.
 std::map<std::string, std::string> png_metadata(const GenerateRequest& r, const std::string& model_name, int index);
 
+// The file of batch entry `index`: r.output (default mmdit-SEED.png), with "-INDEX" before the
+// extension when r.batch > 1.
+std::string output_path(const GenerateRequest& r, int index);
+
 // Loads, generates and writes r.output (atomically); prints the written paths.
 void generate(GenerateRequest r);
 
