@@ -889,10 +889,19 @@ int run_jobs(const JobFile& jobs, const RunOptions& opt) {
             if (!dir.empty()) fs::create_directories(dir);
           }
           Progress progress("denoise", r.steps);
-          auto images = pipe->generate(r, [&](int, int) {
+          auto on_step = [&](int, int) {
             progress.step();
             if (stopped()) throw Interrupted{};
-          });
+          };
+          std::vector<Image> images;
+          if (pipe->is_video()) {
+            for (const auto& path : write_videos(r, *pipe, on_step)) {
+              written.push_back(path);
+              std::printf("%s\n", path.c_str());
+            }
+          } else {
+            images = pipe->generate(r, on_step);
+          }
           progress.finish();
           if (stopped()) throw Interrupted{};  // after the last step, before writing
           for (size_t b = 0; b < images.size(); ++b) {

@@ -96,9 +96,10 @@ std::vector<Video> Pipeline::generate_video(const GenerateRequest&, const std::f
   throw UsageError("--model: " + name() + " makes images, not videos");
 }
 
-namespace {
-
-void write_videos(const GenerateRequest& r, Pipeline& pipe, const std::function<void(int, int)>& step) {
+std::vector<std::string> write_videos(const GenerateRequest& r, Pipeline& pipe,
+                                      const std::function<void(int, int)>& step) {
+  check_video_output(r);
+  std::vector<std::string> written;
   auto videos = pipe.generate_video(r, step);
   for (size_t v = 0; v < videos.size(); ++v) {
     const auto& video = videos[v];
@@ -107,7 +108,7 @@ void write_videos(const GenerateRequest& r, Pipeline& pipe, const std::function<
         char path[4096];
         std::snprintf(path, sizeof path, r.output.c_str(), int(v * video.frames.size() + i));
         write_png(path, video.frames[i], png_metadata(r, pipe.name(), int(v)));
-        std::printf("%s\n", path);
+        written.push_back(path);
       }
     } else {
       // MP4: the parameters as the human-readable comment, the request as JSON in the description.
@@ -117,12 +118,11 @@ void write_videos(const GenerateRequest& r, Pipeline& pipe, const std::function<
       opts.crf = r.crf;
       opts.metadata = {{"comment", meta["parameters"]}, {"description", meta["mmdit"]}};
       write_video(r.output, video.frames, opts);
-      std::printf("%s\n", r.output.c_str());
+      written.push_back(r.output);
     }
   }
+  return written;
 }
-
-}  // namespace
 
 void generate(GenerateRequest r) {
   check_output(r);
@@ -132,10 +132,10 @@ void generate(GenerateRequest r) {
     throw UsageError("--frames/--fps/--sampler/--dynamic-cfg/--vae-tiling: " + pipe->name() + " is an image model");
   pipe->resolve(r);
   if (pipe->is_video()) {
-    check_video_output(r);
     Progress progress("denoise", r.steps);
-    write_videos(r, *pipe, [&](int, int) { progress.step(); });
+    auto written = write_videos(r, *pipe, [&](int, int) { progress.step(); });
     progress.finish();
+    for (const auto& path : written) std::printf("%s\n", path.c_str());
     return;
   }
   check_output(r);

@@ -65,6 +65,10 @@ std::map<std::string, std::string> png_metadata(const GenerateRequest& r, const 
 // extension when r.batch > 1.
 std::string output_path(const GenerateRequest& r, int index);
 
+// Runs a video pipeline and writes r.output (an .mp4, or PNG frames for a pattern like f_%03d.png);
+// returns the written paths.
+std::vector<std::string> write_videos(const GenerateRequest& r, Pipeline& pipe, const std::function<void(int, int)>& step);
+
 // Loads, generates and writes r.output (atomically); prints the written paths.
 void generate(GenerateRequest r);
 

@@ -116,7 +116,7 @@ TEST(Jobs, ValidationReportsEveryProblemAndRunsNothing) {
       "jobs[8].prompt: missing (required; give it in the job or in \"defaults\")",
       "jobs[10].cfg: must be at least 0, got -1",
       "jobs[11].slg_layers[1]: expected integer, got \"x\"",
-      "jobs[12].output: images are written as .png, got \"x.jpg\"",
+      "jobs[12].output: outputs are .png images, .mp4 videos or frame patterns like f_%03d.png, got \"x.jpg\"",
       "jobs[13].output: unknown placeholder {idx} (known: {index}, {seed}, {prompt_slug}, {date})",
       "jobs[14].count: cannot be combined with \"seeds\"",
       "jobs[15].dtype: expected one of f32, f16, bf16, fp32, fp16, float32, float16, bfloat16, got \"f64\"",
