@@ -13,6 +13,8 @@
 namespace mmdit {
 namespace {
 
+using nn::FeedForward;
+
 std::string shape_str(at::IntArrayRef s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
@@ -82,26 +84,6 @@ struct TwoLinear : torch::nn::Module {
   nn::Linear linear_1{nullptr}, linear_2{nullptr};
 };
 
-// FeedForward(activation_fn="gelu-approximate"): net.0.proj, GELU(tanh), net.2 (dropouts hold nothing).
-struct GeluProj : torch::nn::Module {
-  GeluProj(int64_t in, int64_t out) { proj = register_module("proj", nn::Linear(in, out)); }
-  nn::Linear proj{nullptr};
-};
-struct Dropout : torch::nn::Module {};
-struct FeedForward : torch::nn::Module {
-  explicit FeedForward(int64_t dim) {
-    net = register_module("net", torch::nn::ModuleList());
-    gelu = std::make_shared<GeluProj>(dim, 4 * dim);
-    out = nn::Linear(4 * dim, dim);
-    net->push_back(gelu);
-    net->push_back(std::make_shared<Dropout>());
-    net->push_back(out.ptr());
-  }
-  at::Tensor forward(const at::Tensor& x) { return out(at::gelu(gelu->proj(x), "tanh")); }
-  torch::nn::ModuleList net{nullptr};
-  std::shared_ptr<GeluProj> gelu;
-  nn::Linear out{nullptr};
-};
 
 // CogVideoXLayerNormZero: one LayerNorm, separate shift/scale/gate for video and text.
 struct LayerNormZero : torch::nn::Module {

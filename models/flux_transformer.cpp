@@ -14,6 +14,11 @@
 namespace mmdit {
 namespace {
 
+using nn::AdaNormZero;
+using nn::FeedForward;
+using nn::modulate;
+using nn::NoParams;
+
 std::string shape_str(at::IntArrayRef s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
@@ -39,38 +44,6 @@ struct TwoLinear : torch::nn::Module {
   nn::Linear linear_1{nullptr}, linear_2{nullptr};
 };
 
-// FeedForward(activation_fn="gelu-approximate"): net.0.proj, GELU(tanh), net.2.
-struct GeluProj : torch::nn::Module {
-  GeluProj(int64_t in, int64_t out) { proj = register_module("proj", nn::Linear(in, out)); }
-  nn::Linear proj{nullptr};
-};
-struct NoParams : torch::nn::Module {};  // Dropout: no parameters, identity at inference
-struct FeedForward : torch::nn::Module {
-  explicit FeedForward(int64_t dim) {
-    net = register_module("net", torch::nn::ModuleList());
-    gelu = std::make_shared<GeluProj>(dim, 4 * dim);
-    out = nn::Linear(4 * dim, dim);
-    net->push_back(gelu);
-    net->push_back(std::make_shared<NoParams>());
-    net->push_back(out.ptr());
-  }
-  at::Tensor forward(const at::Tensor& x) { return out(at::gelu(gelu->proj(x), "tanh")); }
-  torch::nn::ModuleList net{nullptr};
-  std::shared_ptr<GeluProj> gelu;
-  nn::Linear out{nullptr};
-};
-
-// AdaLayerNormZero (6 chunks) / AdaLayerNormZeroSingle (3 chunks): silu -> linear -> chunk.
-struct AdaNormZero : torch::nn::Module {
-  AdaNormZero(int64_t dim, int64_t chunks) : chunks(chunks) { linear = register_module("linear", nn::Linear(dim, chunks * dim)); }
-  std::vector<at::Tensor> forward(const at::Tensor& emb) { return linear(at::silu(emb)).chunk(chunks, 1); }
-  nn::Linear linear{nullptr};
-  int64_t chunks;
-};
-
-at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
-  return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1);
-}
 
 // torch.nn.RMSNorm(head_dim, eps=1e-6) as FluxAttention uses it (not diffusers' RMSNorm).
 struct TorchRMSNorm : torch::nn::Module {

@@ -78,4 +78,42 @@ TORCH_MODULE(RMSNorm);
 // LayerNorm without affine parameters (nn.LayerNorm(elementwise_affine=False)).
 inline at::Tensor layer_norm(const at::Tensor& x, double eps) { return at::layer_norm(x, {x.size(-1)}, {}, {}, eps); }
 
+// --- diffusers building blocks shared by the MM-DiTs -----------------------------------------------
+
+// FeedForward(activation_fn="gelu-approximate"): net.0.proj, GELU(tanh), net.2; net.1 (dropout) holds
+// nothing but keeps the numbering of diffusers' names.
+struct GeluProj : torch::nn::Module {
+  GeluProj(int64_t in, int64_t out) { proj = register_module("proj", Linear(in, out)); }
+  Linear proj{nullptr};
+};
+struct NoParams : torch::nn::Module {};
+struct FeedForward : torch::nn::Module {
+  explicit FeedForward(int64_t dim) {
+    net = register_module("net", torch::nn::ModuleList());
+    gelu = std::make_shared<GeluProj>(dim, 4 * dim);
+    out = Linear(4 * dim, dim);
+    net->push_back(gelu);
+    net->push_back(std::make_shared<NoParams>());
+    net->push_back(out.ptr());
+  }
+  at::Tensor forward(const at::Tensor& x) { return out(at::gelu(gelu->proj(x), "tanh")); }
+  torch::nn::ModuleList net{nullptr};
+  std::shared_ptr<GeluProj> gelu;
+  Linear out{nullptr};
+};
+
+// AdaLayerNormZero-style conditioning: silu -> linear -> `chunks` equal parts (6 for AdaLayerNormZero,
+// 9 for SD3.5's AdaLayerNormZeroX, 3 for FLUX's single blocks).
+struct AdaNormZero : torch::nn::Module {
+  AdaNormZero(int64_t dim, int64_t chunks) : chunks(chunks) { linear = register_module("linear", Linear(dim, chunks * dim)); }
+  std::vector<at::Tensor> forward(const at::Tensor& emb) { return linear(at::silu(emb)).chunk(chunks, 1); }
+  Linear linear{nullptr};
+  int64_t chunks;
+};
+
+// x * (1 + scale) + shift with per-sample [B, dim] modulation over the token axis.
+inline at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
+  return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1);
+}
+
 }  // namespace mmdit::nn

@@ -14,6 +14,10 @@
 namespace mmdit {
 namespace {
 
+using nn::AdaNormZero;
+using nn::FeedForward;
+using nn::modulate;
+
 std::string shape_str(at::IntArrayRef s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
@@ -41,38 +45,6 @@ struct TwoLinear : torch::nn::Module {
   nn::Linear linear_1{nullptr}, linear_2{nullptr};
 };
 
-// FeedForward(activation_fn="gelu-approximate"): net.0.proj, GELU(tanh), net.2.
-struct GeluProj : torch::nn::Module {
-  GeluProj(int64_t in, int64_t out) { proj = register_module("proj", nn::Linear(in, out)); }
-  nn::Linear proj{nullptr};
-};
-struct Dropout : torch::nn::Module {};  // net.1: no parameters, identity at inference
-struct FeedForward : torch::nn::Module {
-  explicit FeedForward(int64_t dim) {
-    net = register_module("net", torch::nn::ModuleList());
-    gelu = std::make_shared<GeluProj>(dim, 4 * dim);
-    out = nn::Linear(4 * dim, dim);
-    net->push_back(gelu);
-    net->push_back(std::make_shared<Dropout>());
-    net->push_back(out.ptr());
-  }
-  at::Tensor forward(const at::Tensor& x) { return out(at::gelu(gelu->proj(x), "tanh")); }
-  torch::nn::ModuleList net{nullptr};
-  std::shared_ptr<GeluProj> gelu;
-  nn::Linear out{nullptr};
-};
-
-// AdaLayerNormZero (6 chunks) or SD35AdaLayerNormZeroX (9 chunks): silu -> linear -> chunk.
-struct AdaNormZero : torch::nn::Module {
-  AdaNormZero(int64_t dim, int64_t chunks) : chunks(chunks) { linear = register_module("linear", nn::Linear(dim, chunks * dim)); }
-  std::vector<at::Tensor> forward(const at::Tensor& emb) { return linear(at::silu(emb)).chunk(chunks, 1); }
-  nn::Linear linear{nullptr};
-  int64_t chunks;
-};
-
-at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
-  return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1);
-}
 
 // diffusers Attention with JointAttnProcessor2_0 (joint: image + context projections) or, without
 // added projections, plain self-attention (attn2 of SD3.5-medium's dual-attention blocks).
