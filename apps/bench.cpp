@@ -10,6 +10,7 @@
 
 #include "apps/commands.h"
 #include "core/attention.h"
+#include "core/torch_util.h"
 #include "core/weights.h"
 #include "models/pipeline.h"
 
@@ -54,6 +55,7 @@ void run_bench(BenchOptions& o) {
     if (run == 0 && o.warmup_steps > 0) q.steps = o.warmup_steps;
     std::vector<double> stamps;
     sync();
+    if (run == 1) reset_peak_device_memory(at::Device(r.device));
     const double start = now_s();
     stamps.push_back(start);
     auto on_step = [&](int, int) {
@@ -72,7 +74,9 @@ void run_bench(BenchOptions& o) {
                               {"steps", r.steps}, {"cfg", r.cfg},
                               {"attention", o.attention}, {"random_weights", o.random_weights},
                               {"load_s", load_s}, {"step_ms", median(steps) * 1000.0},
-                              {"pipeline_s", median(totals)}, {"runs", o.runs}};
+                              {"pipeline_s", median(totals)}, {"runs", o.runs},
+                              {"vae_tiling", r.vae_tiling},
+                              {"peak_memory_gib", double(peak_device_memory(at::Device(r.device))) / (1u << 30)}};
   std::printf("%s\n", j.dump().c_str());
 }
 
@@ -92,6 +96,7 @@ Command add_bench_command(CLI::App& app) {
   sub->add_option("--cfg", r.cfg, "Guidance scale")->check(CLI::NonNegativeNumber);
   sub->add_option("--frames", r.frames, "Video frames (video models)")->check(CLI::PositiveNumber);
   sub->add_option("--warmup-steps", o->warmup_steps, "Steps of the untimed warm-up run (default: --steps)");
+  sub->add_flag("--vae-tiling", r.vae_tiling, "Decode video in spatial tiles");
   sub->add_option("--runs", o->runs, "Timed runs after one warm-up")->check(CLI::PositiveNumber);
   sub->add_option("--attention", o->attention, "SDPA backend: auto, flash, cudnn, efficient, math")->capture_default_str();
   sub->add_flag("--random-weights", o->random_weights, "Make random weights on the device instead of loading files");

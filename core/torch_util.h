@@ -24,5 +24,8 @@ struct DeviceMemory {
 DeviceMemory device_memory(const at::Device& device);
 // Returns the caching allocator's unused blocks to the driver (no-op without CUDA).
 void empty_device_cache();
+// Peak bytes the caching allocator has handed out on the device since the last reset (0 without CUDA).
+size_t peak_device_memory(const at::Device& device);
+void reset_peak_device_memory(const at::Device& device);
 
 }  // namespace mmdit

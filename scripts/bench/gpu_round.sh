@@ -3,7 +3,7 @@
 # .carry with scripts/bench/prepare_carry.sh): builds mmdit against the box's torch, checks CUDA images
 # of a tiny golden case against the float32 CPU golden, then times mmdit and diffusers eager in the same
 # call on full-size configs with random bf16 weights made on the GPU. Results: $OUT/results.jsonl, log.
-#   scripts/bench/gpu_round.sh [sd3] [flux] [cogvideox]     (default: all)
+#   scripts/bench/gpu_round.sh [sd3] [flux] [cogvideox] [parity] [cogmem]   (default: the first three)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
@@ -36,6 +36,15 @@ for w in $WHAT; do case $w in
     done ;;
   flux)
     bench flux $L/flux-dev --width 1024 --height 1024 --steps 28 --warmup-steps 2 -- --width 1024 --height 1024 --steps 28 ;;
+  parity)  # every tiny golden case on CUDA, f32 and bf16, against diffusers' f32 CPU images
+    for g in sd3_pipeline flux cogvideox; do
+      python3 scripts/bench/device_parity.py $M .carry/goldens/$g | tee -a "$R"
+    done ;;
+  cogmem)  # CogVideoX-5B peak device memory with and without VAE tiling (2 steps: memory, not speed)
+    for t in "" --vae-tiling; do
+      $M bench --model $L/cogvideox-5b --random-weights --device cuda --dtype bf16 --runs 1 --width 720 --height 480 \
+        --frames 49 --steps 2 --warmup-steps 1 $t | tee -a "$R"
+    done ;;
   cogvideox)
     bench cogvideox $L/cogvideox-5b --width 720 --height 480 --frames 49 --steps 50 --cfg 6 --warmup-steps 2 \
       -- --width 720 --height 480 --frames 49 --steps 50 --cfg 6 ;;

@@ -15,5 +15,14 @@ cp configs/sd3.5-medium-transformer.json .carry/layouts/sd3.5-medium/transformer
 rm -f .carry/layouts/sd3.5-medium/transformer/*.index.json
 .venv/bin/python scripts/bench/make_layouts.py .carry/layouts
 cp -r build/goldens/sd3_pipeline/tiny-sd3 .carry/tiny-sd3
+# Tiny golden cases for device parity (models, cases.json, expected images).
+rm -rf .carry/goldens && mkdir -p .carry/goldens
+for g in sd3_pipeline flux cogvideox; do
+  mkdir -p .carry/goldens/$g
+  cp build/goldens/$g/cases.json build/goldens/$g/*.png .carry/goldens/$g/
+  for m in $(python3 -c "import json,sys; print(' '.join(sorted({c['model'] for c in json.load(open('build/goldens/$g/cases.json'))})))"); do
+    cp -r build/goldens/$g/$m .carry/goldens/$g/
+  done
+done
 cp build/goldens/sd3_pipeline/sd3_square_cfg.png .carry/
 du -sh .carry .whl
