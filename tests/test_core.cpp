@@ -26,6 +26,9 @@ struct LayoutCase {
   size_t missing_files;  // weight files the layout's configs and indexes name but do not hold
 };
 
+// Names the case in test output instead of dumping its bytes.
+void PrintTo(const LayoutCase& c, std::ostream* os) { *os << c.dir; }
+
 class RealLayouts : public ::testing::TestWithParam<LayoutCase> {};
 
 TEST_P(RealLayouts, InspectNamesFamilyVariantAndMissingWeights) {
