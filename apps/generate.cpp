@@ -48,7 +48,7 @@ void run_generate(GenerateFlags& f) {
 Command add_generate_command(CLI::App& app) {
   auto f = std::make_shared<GenerateFlags>();
   GenerateRequest& r = f->req;
-  auto* sub = app.add_subcommand("generate", "Generate an image from a prompt");
+  auto* sub = app.add_subcommand("generate", "Generate an image or a video from a prompt");
   // The flags come from the table that also defines `mmdit run`'s job keys (core/jobs.h).
   for (const RequestOption& o : request_options()) {
     const std::string names = (o.short_flag.empty() ? "" : "-" + o.short_flag + ",") + o.long_flag();

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   app.name("mmdit");
   app.require_subcommand(1);
   app.fallthrough();  // global flags (-v, -q) may follow the subcommand too
+  app.set_version_flag("--version", "mmdit 0.1.0");
   bool verbose = false, quiet = false;
   app.add_flag("-v,--verbose", verbose, "More log output");
   app.add_flag("-q,--quiet", quiet, "Only warnings and errors");

@@ -7,7 +7,8 @@ import argparse
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "goldens"))
+# Appended, not prepended: scripts/goldens/tokenizers.py must not shadow the tokenizers package.
+sys.path.append(str(pathlib.Path(__file__).resolve().parent / "goldens"))
 from _tiny_sd3 import build_pipeline  # noqa: E402
 
 if __name__ == "__main__":
