@@ -13,15 +13,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-nlohmann::json read_json(const fs::path& p) {
-  std::ifstream in(p);
-  if (!in) throw FileError(p.string() + ": cannot open");
-  auto j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded()) throw FormatError(p.string() + ": not valid JSON");
-  if (!j.is_object()) throw FormatError(p.string() + ": expected a JSON object");
-  return j;
-}
-
 template <typename T>
 T get_or(const nlohmann::json& j, const char* key, T fallback) {
   auto it = j.find(key);
@@ -45,7 +36,7 @@ ComponentInfo read_component(const std::string& name, const fs::path& dir, const
   c.is_tokenizer = class_name.find("Tokenizer") != std::string::npos;
   for (const char* cfg : {"config.json", "scheduler_config.json", "tokenizer_config.json"}) {
     if (fs::exists(dir / cfg)) {
-      c.config = read_json(dir / cfg);
+      c.config = read_json_object(dir / cfg);
       break;
     }
   }
@@ -82,6 +73,15 @@ std::optional<fs::path> find_weights(const fs::path& dir, const std::string& var
     }
   }
   return std::nullopt;
+}
+
+nlohmann::json read_json_object(const fs::path& p) {
+  std::ifstream in(p);
+  if (!in) throw FileError(p.string() + ": cannot open");
+  auto j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded()) throw FormatError(p.string() + ": not valid JSON");
+  if (!j.is_object()) throw FormatError(p.string() + ": expected a JSON object");
+  return j;
 }
 
 const char* kind_name(ModelKind k) {
@@ -207,7 +207,7 @@ ModelInfo open_model(const fs::path& path) {
   if (!fs::is_directory(path)) throw FileError(path.string() + ": not a file or folder");
   if (fs::exists(path / "model_index.json")) {
     m.kind = ModelKind::PipelineFolder;
-    auto index = read_json(path / "model_index.json");
+    auto index = read_json_object(path / "model_index.json");
     m.pipeline_class = get_or<std::string>(index, "_class_name", "");
     m.family = family_of_pipeline(m.pipeline_class);
     for (auto it = index.begin(); it != index.end(); ++it) {

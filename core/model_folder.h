@@ -44,6 +44,10 @@ void detect_from_tensor_names(const std::vector<std::string>& names, std::string
 
 const char* kind_name(ModelKind k);
 
+// Reads a JSON file that must hold an object (config.json, model_index.json, indexes): FileError when it
+// cannot be opened, FormatError when it is not JSON or not an object, naming the file.
+nlohmann::json read_json_object(const std::filesystem::path& path);
+
 // Finds the weight file of a component folder: the .safetensors.index.json if present, else the single
 // .safetensors (diffusers' diffusion_pytorch_model* or transformers' model*). `variant` like "fp16".
 std::optional<std::filesystem::path> find_weights(const std::filesystem::path& dir, const std::string& variant = "");

@@ -29,13 +29,6 @@ std::string some(const std::vector<std::string>& names) {
   return out;
 }
 
-nlohmann::json read_json_file(const fs::path& p) {
-  std::ifstream in(p);
-  if (!in) throw FileError(p.string() + ": cannot open");
-  auto j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded()) throw FormatError(p.string() + ": not valid JSON");
-  return j;
-}
 
 }  // namespace
 
@@ -66,7 +59,7 @@ WeightStore WeightStore::open(const fs::path& path) {
   WeightStore s;
   const std::string name = p.filename().string();
   if (name.size() > 5 && name.substr(name.size() - 5) == ".json") {
-    auto j = read_json_file(p);
+    auto j = read_json_object(p);
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       throw FormatError(p.string() + ": index has no \"weight_map\" object");
     std::map<std::string, int> shard_index;

@@ -7,6 +7,7 @@
 
 #include "core/attention.h"
 #include "core/errors.h"
+#include "core/model_folder.h"
 #include "core/weights.h"
 #include "models/cogvideox_layers.h"
 
@@ -435,11 +436,7 @@ at::Tensor CogVideoXTransformer::forward(const at::Tensor& hidden_states, const 
 
 std::shared_ptr<CogVideoXTransformer> CogVideoXTransformer::load(const std::filesystem::path& dir, at::Device device,
                                                                   at::ScalarType dtype) {
-  const auto p = dir / "config.json";
-  std::ifstream in(p);
-  if (!in) throw FileError(p.string() + ": cannot open");
-  auto j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded()) throw FormatError(p.string() + ": not valid JSON");
+  const auto j = read_json_object(dir / "config.json");
   auto config = CogVideoXTransformerConfig::from_json(j);
   auto store = WeightStore::open(dir);
   std::shared_ptr<CogVideoXTransformer> model;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
+#include "core/model_folder.h"
 #include "core/weights.h"
 #include "models/cogvideox_layers.h"
 
@@ -437,11 +438,7 @@ std::pair<at::Tensor, at::Tensor> AutoencoderKLCogVideoX::encode(const at::Tenso
 
 std::shared_ptr<AutoencoderKLCogVideoX> AutoencoderKLCogVideoX::load(const std::filesystem::path& dir, at::Device device,
                                                                       at::ScalarType dtype) {
-  const auto p = dir / "config.json";
-  std::ifstream in(p);
-  if (!in) throw FileError(p.string() + ": cannot open");
-  auto j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded()) throw FormatError(p.string() + ": not valid JSON");
+  const auto j = read_json_object(dir / "config.json");
   auto config = CogVideoXVaeConfig::from_json(j);
   auto store = WeightStore::open(dir);
   std::shared_ptr<AutoencoderKLCogVideoX> model;

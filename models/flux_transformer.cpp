@@ -8,6 +8,7 @@
 
 #include "core/attention.h"
 #include "core/errors.h"
+#include "core/model_folder.h"
 #include "core/weights.h"
 #include "models/layers.h"
 
@@ -372,15 +373,6 @@ at::Tensor flux_text_ids(int64_t tokens, const at::TensorOptions& options) { ret
 
 namespace {
 
-nlohmann::json read_config(const std::filesystem::path& dir) {
-  const auto p = dir / "config.json";
-  std::ifstream in(p);
-  if (!in) throw FileError(p.string() + ": cannot open");
-  auto j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded()) throw FormatError(p.string() + ": not valid JSON");
-  return j;
-}
-
 template <class Load>
 std::shared_ptr<FluxTransformer> build(const FluxTransformerConfig& config, at::Device device, at::ScalarType dtype, Load&& load) {
   std::shared_ptr<FluxTransformer> model;
@@ -406,7 +398,7 @@ WeightStore bfl_view(const WeightStore& store) {
 
 std::shared_ptr<FluxTransformer> FluxTransformer::load(const std::filesystem::path& component_dir, at::Device device,
                                                        at::ScalarType dtype) {
-  auto config = FluxTransformerConfig::from_json(read_config(component_dir));
+  auto config = FluxTransformerConfig::from_json(read_json_object(component_dir / "config.json"));
   auto store = WeightStore::open(component_dir);
   return build(config, device, dtype, [&](FluxTransformer& m) { load_module(m, store); });
 }

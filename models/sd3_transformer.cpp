@@ -8,6 +8,7 @@
 
 #include "core/attention.h"
 #include "core/errors.h"
+#include "core/model_folder.h"
 #include "core/weights.h"
 #include "models/layers.h"
 
@@ -317,15 +318,6 @@ at::Tensor SD3Transformer::forward(const at::Tensor& hidden_states, const at::Te
 
 namespace {
 
-nlohmann::json read_config(const std::filesystem::path& dir) {
-  const auto p = dir / "config.json";
-  std::ifstream in(p);
-  if (!in) throw FileError(p.string() + ": cannot open");
-  auto j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded()) throw FormatError(p.string() + ": not valid JSON");
-  return j;
-}
-
 template <class Load>
 std::shared_ptr<SD3Transformer> build(const SD3TransformerConfig& config, at::Device device, at::ScalarType dtype, Load&& load) {
   std::shared_ptr<SD3Transformer> model;
@@ -343,7 +335,7 @@ std::shared_ptr<SD3Transformer> build(const SD3TransformerConfig& config, at::De
 
 std::shared_ptr<SD3Transformer> SD3Transformer::load(const std::filesystem::path& component_dir, at::Device device,
                                                      at::ScalarType dtype) {
-  auto config = SD3TransformerConfig::from_json(read_config(component_dir));
+  auto config = SD3TransformerConfig::from_json(read_json_object(component_dir / "config.json"));
   auto store = WeightStore::open(component_dir);
   return build(config, device, dtype, [&](SD3Transformer& m) { load_module(m, store); });
 }

@@ -9,6 +9,7 @@
 
 #include "core/attention.h"
 #include "core/errors.h"
+#include "core/model_folder.h"
 #include "core/weights.h"
 #include "models/encoder_layers.h"
 
@@ -17,15 +18,6 @@ namespace fs = std::filesystem;
 namespace nn = torch::nn;
 
 namespace {
-
-nlohmann::json read_config(const fs::path& dir) {
-  const fs::path p = dir / "config.json";
-  std::ifstream in(p);
-  if (!in) throw FileError(p.string() + ": cannot open (a T5 encoder folder needs config.json)");
-  auto j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) throw FormatError(p.string() + ": not a JSON object");
-  return j;
-}
 
 template <class T>
 T get(const nlohmann::json& j, const char* key, T fallback, const std::string& what) {
@@ -258,7 +250,7 @@ std::shared_ptr<T5EncoderModel> T5EncoderModel::load(const WeightStore& store0, 
 }
 
 std::shared_ptr<T5EncoderModel> T5EncoderModel::load(const fs::path& dir, at::Device device, at::ScalarType dtype) {
-  auto config = T5Config::from_json(read_config(dir), (dir / "config.json").string());
+  auto config = T5Config::from_json(read_json_object(dir / "config.json"), (dir / "config.json").string());
   return load(WeightStore::open(dir), config, device, dtype);
 }
 

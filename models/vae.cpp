@@ -7,6 +7,7 @@
 
 #include "core/attention.h"
 #include "core/errors.h"
+#include "core/model_folder.h"
 #include "core/weights.h"
 #include "models/layers.h"
 
@@ -324,11 +325,7 @@ WeightStore ldm_view(const WeightStore& store) {
 
 std::shared_ptr<AutoencoderKL> AutoencoderKL::load(const std::filesystem::path& component_dir, at::Device device,
                                                    at::ScalarType dtype) {
-  const auto p = component_dir / "config.json";
-  std::ifstream in(p);
-  if (!in) throw FileError(p.string() + ": cannot open");
-  auto j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded()) throw FormatError(p.string() + ": not valid JSON");
+  const auto j = read_json_object(component_dir / "config.json");
   auto config = VaeConfig::from_json(j);
   auto store = WeightStore::open(component_dir);
   return build(config, device, dtype, [&](AutoencoderKL& m) { load_module(m, store); });
