@@ -3,7 +3,7 @@
 # .carry with scripts/bench/prepare_carry.sh): builds mmdit against the box's torch, checks CUDA images
 # of a tiny golden case against the float32 CPU golden, then times mmdit and diffusers eager in the same
 # call on full-size configs with random bf16 weights made on the GPU. Results: $OUT/results.jsonl, log.
-#   scripts/bench/gpu_round.sh [sd3] [flux] [cogvideox] [parity] [cogmem]   (default: the first three)
+#   scripts/bench/gpu_round.sh [sd3] [flux] [cogvideox] [parity] [bf16ref] [cogmem]   (default: the first three)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
@@ -39,6 +39,10 @@ for w in $WHAT; do case $w in
   parity)  # every tiny golden case on CUDA, f32 and bf16, against diffusers' f32 CPU images
     for g in sd3_pipeline flux cogvideox; do
       python3 scripts/bench/device_parity.py $M .carry/goldens/$g | tee -a "$R"
+    done ;;
+  bf16ref)  # bf16 on CUDA: mmdit against diffusers' own bf16 run of every tiny golden case
+    for g in sd3_pipeline flux cogvideox; do
+      python3 scripts/bench/bf16_vs_diffusers.py $M .carry/goldens/$g --device cuda --dtype bf16 2>>"$OUT/bf16ref.err" | tee -a "$R"
     done ;;
   cogmem)  # CogVideoX-5B peak device memory with and without VAE tiling (2 steps: memory, not speed)
     for t in "" --vae-tiling; do
