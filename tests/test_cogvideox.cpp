@@ -12,6 +12,7 @@
 #include "models/cogvideox_transformer.h"
 #include "models/cogvideox_vae.h"
 #include "samplers/cogvideox_schedulers.h"
+#include "tests/test_tensors.h"
 #include "tests/test_util.h"
 
 namespace mmdit {
@@ -20,15 +21,10 @@ namespace fs = std::filesystem;
 
 const fs::path kDir = fs::path(MMDIT_GOLDEN_DIR) / "cogvideox";
 
-double rel_err(const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor x = a.to(at::kDouble), y = b.to(at::kDouble);
-  return (x - y).norm().item<double>() / y.norm().item<double>();
-}
+using test::rel_err;
 
-struct Golden {
-  std::shared_ptr<SafetensorsFile> f;
-  explicit Golden(const std::string& name) : f(SafetensorsFile::open(kDir / name)) {}
-  at::Tensor operator[](const std::string& n) const { return f->tensor(n).clone(); }
+struct Golden : test::GoldenFile {
+  explicit Golden(const std::string& name) : GoldenFile(kDir / name) {}
 };
 
 CogVideoXSchedulerConfig real_config(double snr) {

@@ -11,6 +11,7 @@
 #include "core/weights.h"
 #include "models/clip_text.h"
 #include "models/t5_encoder.h"
+#include "tests/test_tensors.h"
 #include "tests/test_util.h"
 
 namespace mmdit {
@@ -19,12 +20,7 @@ namespace fs = std::filesystem;
 
 fs::path gold() { return fs::path(MMDIT_GOLDEN_DIR) / "encoders"; }
 
-double rel_err(const at::Tensor& a, const at::Tensor& b) {
-  EXPECT_EQ(a.sizes(), b.sizes());
-  if (a.sizes() != b.sizes()) return 1e9;
-  at::Tensor x = a.detach().to(at::kCPU, at::kDouble), y = b.detach().to(at::kCPU, at::kDouble);
-  return ((x - y).norm() / y.norm()).item<double>();
-}
+using test::rel_err;
 
 // Asserts rel_err <= tol and reports the number (the report quotes these).
 void expect_close(const at::Tensor& a, const at::Tensor& b, double tol, const std::string& what) {

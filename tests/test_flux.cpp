@@ -14,6 +14,7 @@
 #include "models/flux_pipeline.h"
 #include "models/flux_transformer.h"
 #include "samplers/flow_match.h"
+#include "tests/test_tensors.h"
 #include "tests/test_util.h"
 
 namespace mmdit {
@@ -22,15 +23,10 @@ namespace fs = std::filesystem;
 
 const fs::path kDir = fs::path(MMDIT_GOLDEN_DIR) / "flux";
 
-double rel_err(const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor x = a.to(at::kDouble), y = b.to(at::kDouble);
-  return (x - y).norm().item<double>() / y.norm().item<double>();
-}
+using test::rel_err;
 
-struct Golden {
-  std::shared_ptr<SafetensorsFile> f;
-  explicit Golden(const std::string& name) : f(SafetensorsFile::open(kDir / name)) {}
-  at::Tensor operator[](const std::string& n) const { return f->tensor(n).clone(); }
+struct Golden : test::GoldenFile {
+  explicit Golden(const std::string& name) : GoldenFile(kDir / name) {}
 };
 
 at::Tensor run(FluxTransformer& m, const Golden& io, at::ScalarType dtype) {
