@@ -191,9 +191,10 @@ def relation_holds(a, b, rel):
     return bool({"above": -dy > abs(dx), "below": dy > abs(dx), "left of": -dx > abs(dy), "right of": dx > abs(dy)}[rel])
 
 
-def score(img, text):
+def score(img, text, seen=None):
+    """Scores caption `text` against the image; `seen` = (detect(img), background(img)) if already known."""
     cap = parse_caption(text)
-    det = detect(img)
+    det, bg = seen if seen is not None else (detect(img), background(img))
     by_colour = {o["colour"]: o for o in det}
     objs = []
     for o in cap["objects"]:
@@ -206,7 +207,6 @@ def score(img, text):
     if cap["relation"]:
         a, b = (by_colour.get(o["colour"]) for o in cap["objects"])
         res["position"] = a is not None and b is not None and relation_holds(a, b, cap["relation"])
-    bg = background(img)
     want = cap["background"] * 2 if len(cap["background"]) == 1 else cap["background"]
     res["background"] = bg == want
     res["detected"] = [{k: o[k] for k in ("colour", "shape", "size", "cx", "cy", "fit")} for o in det]

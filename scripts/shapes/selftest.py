@@ -53,6 +53,27 @@ def degrade(img, rng):
     return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8))
 
 
+def check_split(seed, n=2000):
+    """Train scenes never hold a held-out pair or triple (in either phrasing); held-out scenes hold each."""
+    rng = random.Random(seed)
+    train = [world.sample_scene(rng, "train") for _ in range(n)]
+    held = [world.sample_scene(rng, "heldout") for _ in range(n)]
+    pairs = lambda sc: {(o["colour"], o["shape"]) for o in sc["objects"]}  # noqa: E731
+    triples = lambda sc: ({(sc["objects"][0]["shape"], sc["relation"], sc["objects"][1]["shape"]),  # noqa: E731
+                           (sc["objects"][1]["shape"], world.INVERSE[sc["relation"]], sc["objects"][0]["shape"])}
+                          if sc["relation"] else set())
+    leak = sum(bool(pairs(sc) & set(world.HELDOUT_PAIRS) or triples(sc) & set(world.HELDOUT_TRIPLES)) for sc in train)
+    seen_pairs = set().union(*map(pairs, held)) & set(world.HELDOUT_PAIRS)
+    seen_triples = set().union(*map(triples, held)) & set(world.HELDOUT_TRIPLES)
+    train_vocab = {w for sc in train for w in world.caption(sc).split()}
+    missing = {w for c in [world.caption(sc) for sc in held] for w in c.split()} - train_vocab
+    print(f"split: {leak} of {n} train scenes hold a held-out combination; held-out scenes cover "
+          f"{len(seen_pairs)}/{len(world.HELDOUT_PAIRS)} pairs, {len(seen_triples)}/{len(world.HELDOUT_TRIPLES)} "
+          f"triples; held-out words unseen in training: {sorted(missing)}")
+    return leak == 0 and len(seen_pairs) == len(world.HELDOUT_PAIRS) and \
+        len(seen_triples) == len(world.HELDOUT_TRIPLES) and not missing
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=500)
@@ -66,14 +87,15 @@ def main(argv=None):
     failures = []
     for sc in scenes:
         img = world.render(sc, a.size)
-        r = checker.score(img, world.caption(sc))
+        seen = (checker.detect(img), checker.background(img))  # once per image, for every caption below
+        r = checker.score(img, world.caption(sc), seen)
         true.append(r)
         if not (r["colour_shape"] and r.get("position", True) and r["background"]):
             failures.append(r)
         for kind in bad:
             if kind.startswith("relation") and len(sc["objects"]) == 1:
                 continue
-            bad[kind].append(checker.score(img, wrong(sc, kind, rng)))
+            bad[kind].append(checker.score(img, wrong(sc, kind, rng), seen))
         degraded.append(checker.score(degrade(img, rng), world.caption(sc)))
     s = checker.summarize(true)
     print(f"true captions ({a.n} scenes, {a.size}x{a.size}, train+heldout): " + json.dumps(s))
@@ -87,6 +109,7 @@ def main(argv=None):
     print("degraded renders (blur 1.0 + noise 20, information only): " + json.dumps(checker.summarize(degraded)))
     for r in failures[:5]:
         print("FAILED:", json.dumps(r))
+    ok &= check_split(a.seed)
     print(f"{'PASS' if ok else 'FAIL'} in {time.time() - t0:.1f} s")
     return 0 if ok else 1
 
