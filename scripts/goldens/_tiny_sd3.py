@@ -42,15 +42,16 @@ def bytes_to_unicode():
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
-def write_clip_tokenizer(folder: pathlib.Path, pad_token: str, num_merges=300):
-    """CLIP-style vocab: 256 byte symbols, the same with </w>, learned merges, then the two specials."""
+def write_clip_tokenizer(folder: pathlib.Path, pad_token: str, num_merges=300, lines=None):
+    """CLIP-style vocab: 256 byte symbols, the same with </w>, learned merges, then the two specials.
+    The merges are learned on `lines` (default: corpus())."""
     import re
     b2u = bytes_to_unicode()
     base = list(b2u.values())
     vocab = {c: i for i, c in enumerate(base)}
     vocab.update({c + "</w>": i + 256 for i, c in enumerate(base)})
     words = {}
-    for line in corpus():
+    for line in (corpus() if lines is None else lines):
         for w in re.findall(r"[a-z]+", line.lower()):
             syms = tuple("".join(b2u[b] for b in ch.encode()) for ch in w)
             syms = syms[:-1] + (syms[-1] + "</w>",)

@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""Trains the shapes-world demo model: a tiny SD3 pipeline in the real diffusers layout, with diffusers and
+transformers classes, and saves it with save_pretrained (tokenizers made by the project from the captions).
+
+    train.py OUT [--data DIR | --n 20000] [--device cuda] [--vae-steps N] [--dit-steps N] [--batch B] [--seed S]
+    train.py OUT --smoke                     # a few CPU iterations end to end, then load + generate one image
+    train.py OUT --eval-only --eval 100      # generate held-out captions x 2 seeds with OUT and score them
+
+Stages (seeded): 1. AutoencoderKL (16 latent channels, 8x downsampling), L1 + MSE reconstruction + a small
+KL term; its scaling_factor/shift_factor are then set from the latents' statistics. 2. With the VAE frozen,
+SD3Transformer2DModel and the two CLIP text encoders (CLIPTextModelWithProjection) trained jointly with the
+flow-matching loss as diffusers' examples/dreambooth/train_dreambooth_sd3.py computes it: timesteps drawn
+with compute_density_for_timestep_sampling (logit_normal by default), sigmas from a
+FlowMatchEulerDiscreteScheduler(shift=3), x_t = (1 - sigma) x_0 + sigma noise, target noise - x_0,
+compute_loss_weighting_for_sd3. Captions are encoded exactly as StableDiffusion3Pipeline.encode_prompt does
+(CLIP hidden_states[-2], pooled text_embeds, no T5: zeros of max_sequence_length 256 x joint_attention_dim,
+as the pipeline and mmdit use when text_encoder_3 is absent); 10% of captions are dropped to "" for CFG.
+Weights are saved in float16 by default (--save-dtype) to stay well under 20 MB.
+"""
+import argparse
+import json
+import math
+import pathlib
+import random
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE.parent / "goldens"))  # appended: goldens/tokenizers.py must not shadow `tokenizers`
+import world  # noqa: E402
+from _tiny_sd3 import write_clip_tokenizer  # noqa: E402
+
+MAX_T5_LEN = 256  # the pipeline's default max_sequence_length; the zero "T5" tokens have this length
+
+
+def log(*a):
+    print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
+
+
+def load_data(a):
+    """(uint8 N x H x W x 3 array, captions) from a world dataset folder or rendered in memory."""
+    if a.data:
+        d = pathlib.Path(a.data)
+        rows = [json.loads(x) for x in (d / "captions.jsonl").read_text().splitlines() if x.strip()]
+        if (d / "images.npz").exists():
+            imgs = np.load(d / "images.npz")["images"]
+        else:
+            from PIL import Image
+            imgs = np.stack([np.asarray(Image.open(d / "images" / r["file"]).convert("RGB")) for r in rows])
+        return imgs, [r["caption"] for r in rows]
+    rng = random.Random(f"train:{a.seed}")
+    scenes = [world.sample_scene(rng, "train") for _ in range(a.n)]
+    return np.stack([np.asarray(world.render(s, a.size)) for s in scenes]), [world.caption(s) for s in scenes]
+
+
+def build(a, captions, tmp):
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    # Tokenizer merges learned on the training captions plus every word of the grammar (held-out captions
+    # use the same words, so they tokenize the same way).
+    vocab_lines = captions[:5000] + [" ".join(list(world.COLOURS) + world.SHAPES + world.RELATIONS + list(world.SIZES)
+                                              + list(world.BACKGROUNDS) + ["a", "on", "over", "background"])]
+    tok_l = write_clip_tokenizer(tmp / "tokenizer", pad_token="<|endoftext|>", num_merges=200, lines=vocab_lines)
+    tok_g = write_clip_tokenizer(tmp / "tokenizer_2", pad_token="!", num_merges=200, lines=vocab_lines)
+
+    def clip(act):
+        cfg = CLIPTextConfig(vocab_size=len(tok_l.get_vocab()), hidden_size=a.clip_dim, intermediate_size=2 * a.clip_dim,
+                             num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=77, hidden_act=act,
+                             projection_dim=a.clip_dim, bos_token_id=tok_l.bos_token_id,
+                             eos_token_id=tok_l.eos_token_id, pad_token_id=1)
+        return CLIPTextModelWithProjection(cfg)
+
+    te1, te2 = clip("quick_gelu"), clip("gelu")
+    # Head size 64 and 32 VAE norm groups, as in every real SD3 (single-file loading assumes them).
+    transformer = SD3Transformer2DModel(sample_size=a.size // 8, patch_size=2, in_channels=16, out_channels=16,
+                                        num_layers=a.layers, attention_head_dim=64, num_attention_heads=a.heads,
+                                        joint_attention_dim=2 * a.clip_dim, caption_projection_dim=64 * a.heads,
+                                        pooled_projection_dim=2 * a.clip_dim, pos_embed_max_size=32)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=32,
+                        scaling_factor=1.0, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False)
+    return tok_l, tok_g, te1, te2, transformer, vae
+
+
+def to_tensor(imgs, idx, device):
+    return torch.from_numpy(imgs[idx]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def encode_prompts(prompts, tok_l, tok_g, te1, te2, joint_dim, device):
+    """StableDiffusion3Pipeline.encode_prompt without T5 (zeros), with gradients."""
+    embeds, pooled = [], []
+    for tok, te in ((tok_l, te1), (tok_g, te2)):
+        ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        out = te(ids.to(device), output_hidden_states=True)
+        pooled.append(out[0])
+        embeds.append(out.hidden_states[-2])
+    clip = torch.cat(embeds, -1)
+    clip = F.pad(clip, (0, joint_dim - clip.shape[-1]))
+    t5 = torch.zeros(len(prompts), MAX_T5_LEN, joint_dim, device=device, dtype=clip.dtype)
+    return torch.cat([clip, t5], -2), torch.cat(pooled, -1)
+
+
+def train_vae(vae, imgs, a, dev, gen):
+    opt = torch.optim.AdamW(vae.parameters(), lr=a.vae_lr, weight_decay=0.0)
+    vae.train()
+    for step in range(a.vae_steps):
+        idx = torch.randint(len(imgs), (a.batch,), generator=gen).numpy()
+        x = to_tensor(imgs, idx, dev)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=None)).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + a.kl * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % max(a.vae_steps // 20, 1) == 0 or step == a.vae_steps - 1:
+            log(f"vae step {step} loss {loss.item():.4f}")
+    vae.eval().requires_grad_(False)
+    # latent statistics -> shift_factor / scaling_factor (the pipeline decodes z / scale + shift)
+    with torch.no_grad():
+        zs = torch.cat([vae.encode(to_tensor(imgs, np.arange(i, min(i + 256, len(imgs), 2048)), dev)).latent_dist.mean
+                        for i in range(0, min(len(imgs), 2048), 256)])
+    shift, scale = zs.mean().item(), 1.0 / zs.std().item()
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    log(f"vae latents: shift_factor {shift:.4f} scaling_factor {scale:.4f}")
+
+
+def train_dit(parts, imgs, caps, a, dev, gen):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+    tok_l, tok_g, te1, te2, transformer, vae = parts
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=a.shift)
+    sigmas_all = sched.sigmas.to(dev)
+    timesteps_all = sched.timesteps.to(dev)
+    with torch.no_grad():  # cache the posterior (mean, std) of every image; sample per batch as dreambooth does
+        stats = [vae.encode(to_tensor(imgs, np.arange(i, min(i + 256, len(imgs))), dev)).latent_dist
+                 for i in range(0, len(imgs), 256)]
+        mean = torch.cat([s.mean for s in stats])
+        std = torch.cat([s.std for s in stats])
+    params = list(transformer.parameters()) + list(te1.parameters()) + list(te2.parameters())
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-4)
+    lr_at = lambda s: a.lr * min(1.0, (s + 1) / max(a.warmup, 1)) * (0.5 * (1 + math.cos(math.pi * s / max(a.dit_steps, 1))) * 0.9 + 0.1)  # noqa: E731
+    for m in (transformer, te1, te2):
+        m.train()
+    cfg = vae.config
+    for step in range(a.dit_steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        idx = torch.randint(len(imgs), (a.batch,), generator=gen)
+        prompts = ["" if torch.rand((), generator=gen).item() < a.drop else caps[i] for i in idx.tolist()]
+        i_dev = idx.to(dev)
+        x0 = mean[i_dev] + std[i_dev] * torch.randn(mean[i_dev].shape, generator=gen).to(dev)
+        x0 = (x0 - cfg.shift_factor) * cfg.scaling_factor
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        u = compute_density_for_timestep_sampling(a.weighting, a.batch, logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
+                                                  generator=gen)
+        ti = (u * sched.config.num_train_timesteps).long().clamp(max=len(timesteps_all) - 1).to(dev)
+        timesteps, sigmas = timesteps_all[ti], sigmas_all[ti].view(-1, 1, 1, 1)
+        xt = (1.0 - sigmas) * x0 + sigmas * noise
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            emb, pooled = encode_prompts(prompts, tok_l, tok_g, te1, te2, transformer.config.joint_attention_dim, dev)
+            pred = transformer(hidden_states=xt, timestep=timesteps, encoder_hidden_states=emb,
+                               pooled_projections=pooled, return_dict=False)[0]
+        w = compute_loss_weighting_for_sd3(a.weighting, sigmas)
+        loss = (w.float() * (pred.float() - (noise - x0)) ** 2).reshape(a.batch, -1).mean(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % max(a.dit_steps // 20, 1) == 0 or step == a.dit_steps - 1:
+            log(f"dit step {step} loss {loss.item():.4f} lr {lr_at(step):.2e}")
+    for m in (transformer, te1, te2):
+        m.eval().requires_grad_(False)
+
+
+def save(parts, out, a, tmp):
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    tok_l, tok_g, te1, te2, transformer, vae = parts
+    dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[a.save_dtype]
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=a.shift), vae=vae, text_encoder=te1, tokenizer=tok_l, text_encoder_2=te2,
+        tokenizer_2=tok_g, text_encoder_3=None, tokenizer_3=None)
+    pipe.to("cpu", dtype)
+    out = pathlib.Path(out)
+    pipe.save_pretrained(out, safe_serialization=True)
+    for sub in ("tokenizer", "tokenizer_2"):  # real repos also carry the slow files, which mmdit reads
+        for n in ("vocab.json", "merges.txt"):
+            shutil.copy(tmp / sub / n, out / sub / n)
+    (out / "shapes_world.json").write_text(json.dumps({
+        "size": a.size, "seed": a.seed, "vae_steps": a.vae_steps, "dit_steps": a.dit_steps, "batch": a.batch,
+        "heldout_pairs": world.HELDOUT_PAIRS, "heldout_triples": world.HELDOUT_TRIPLES}, indent=1))
+    mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2 ** 20
+    log(f"saved {out} ({mb:.2f} MB)")
+
+
+def evaluate(out, a, dev):
+    """Generate n held-out captions x 2 seeds with the saved pipeline and score them with the checker."""
+    from diffusers import StableDiffusion3Pipeline
+    import checker
+    pipe = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None,
+                                                    torch_dtype=torch.float32).to(dev)
+    pipe.set_progress_bar_config(disable=True)
+    rng = random.Random(f"heldout:eval:{a.seed}")
+    caps = [world.caption(world.sample_scene(rng, "heldout")) for _ in range(a.eval)]
+    results = []
+    edir = pathlib.Path(out) / "eval"
+    edir.mkdir(exist_ok=True)
+    for seed in (0, 1):
+        for i in range(0, len(caps), 32):
+            batch = caps[i:i + 32]
+            imgs = pipe(batch, height=a.size, width=a.size, num_inference_steps=a.eval_steps, guidance_scale=a.cfg,
+                        generator=[torch.Generator().manual_seed(seed * 100000 + i + j) for j in range(len(batch))]).images
+            for j, (c, im) in enumerate(zip(batch, imgs)):
+                im.save(edir / f"{i + j:04d}_s{seed}.png")
+                r = checker.score(im, c)
+                r["file"] = f"{i + j:04d}_s{seed}.png"
+                results.append(r)
+    s = checker.summarize(results)
+    (edir / "results.json").write_text(json.dumps({"summary": s, "results": results}, indent=1))
+    log("held-out eval: " + json.dumps(s))
+    return s
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out")
+    ap.add_argument("--data", help="a world.py dataset folder (default: render --n train scenes in memory)")
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--vae-steps", type=int, default=3000)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--kl", type=float, default=1e-6)
+    ap.add_argument("--dit-steps", type=int, default=8000)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--drop", type=float, default=0.1, help="caption dropout (to '') for CFG")
+    ap.add_argument("--weighting", default="logit_normal", choices=["logit_normal", "none", "mode", "sigma_sqrt", "cosmap"])
+    ap.add_argument("--shift", type=float, default=3.0)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=3)
+    ap.add_argument("--clip-dim", type=int, default=64)
+    ap.add_argument("--save-dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    ap.add_argument("--eval", type=int, default=0, help="then generate this many held-out captions x 2 seeds, score")
+    ap.add_argument("--eval-steps", type=int, default=28)
+    ap.add_argument("--cfg", type=float, default=5.0)
+    ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny CPU run: 64 images, 3+3 steps, load, generate one")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.n, a.batch, a.vae_steps, a.dit_steps, a.warmup, a.device = 64, 4, 3, 3, 1, "cpu"
+    torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
+    if not a.eval_only:
+        t0 = time.time()
+        imgs, caps = load_data(a)
+        log(f"data: {len(imgs)} images {imgs.shape[1]}x{imgs.shape[2]}")
+        gen = torch.Generator().manual_seed(a.seed)
+        tmp = pathlib.Path(tempfile.mkdtemp())
+        parts = build(a, caps, tmp)
+        for name, m in zip(("text_encoder", "text_encoder_2", "transformer", "vae"), parts[2:]):
+            m.to(dev)
+            log(f"{name}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M parameters")
+        train_vae(parts[5], imgs, a, dev, gen)
+        train_dit(parts, imgs, caps, a, dev, gen)
+        save(parts, a.out, a, tmp)
+        shutil.rmtree(tmp)
+        log(f"trained in {time.time() - t0:.0f} s")
+    if a.smoke:
+        from diffusers import StableDiffusion3Pipeline
+        import checker
+        pipe = StableDiffusion3Pipeline.from_pretrained(a.out, text_encoder_3=None, tokenizer_3=None,
+                                                        torch_dtype=torch.float32)
+        cap = "a small red circle above a large blue square on a white background"
+        img = pipe(cap, height=a.size, width=a.size, num_inference_steps=2,
+                   generator=torch.Generator().manual_seed(0)).images[0]
+        img.save(pathlib.Path(a.out) / "smoke.png")
+        log(f"generated {img.size} -> {a.out}/smoke.png; checker: " +
+            json.dumps({k: v for k, v in checker.score(img, cap).items() if k != "detected"}))
+    if a.eval:
+        evaluate(a.out, a, dev)
+
+
+if __name__ == "__main__":
+    main()
