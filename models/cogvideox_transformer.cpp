@@ -14,6 +14,7 @@
 namespace mmdit {
 namespace {
 
+using nn::TwoLinear;
 using nn::FeedForward;
 
 std::string shape_str(at::IntArrayRef s) {
@@ -75,15 +76,6 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
   return (x.to(at::kFloat) * cos + rotated.to(at::kFloat) * sin).to(x.scalar_type());
 }
 
-// TimestepEmbedding: linear_1, SiLU, linear_2.
-struct TwoLinear : torch::nn::Module {
-  TwoLinear(int64_t in, int64_t hidden) {
-    linear_1 = register_module("linear_1", nn::Linear(in, hidden));
-    linear_2 = register_module("linear_2", nn::Linear(hidden, hidden));
-  }
-  at::Tensor forward(const at::Tensor& x) { return linear_2(at::silu(linear_1(x))); }
-  nn::Linear linear_1{nullptr}, linear_2{nullptr};
-};
 
 
 // CogVideoXLayerNormZero: one LayerNorm, separate shift/scale/gate for video and text.

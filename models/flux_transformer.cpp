@@ -15,6 +15,7 @@
 namespace mmdit {
 namespace {
 
+using nn::TwoLinear;
 using nn::AdaNormZero;
 using nn::FeedForward;
 using nn::modulate;
@@ -35,15 +36,6 @@ at::Tensor timestep_embedding(const at::Tensor& t, int64_t dim) {
   return at::cat({at::cos(emb), at::sin(emb)}, -1);  // flipped: cos first
 }
 
-// TimestepEmbedding / PixArtAlphaTextProjection(act silu): linear_1, SiLU, linear_2.
-struct TwoLinear : torch::nn::Module {
-  TwoLinear(int64_t in, int64_t hidden) {
-    linear_1 = register_module("linear_1", nn::Linear(in, hidden));
-    linear_2 = register_module("linear_2", nn::Linear(hidden, hidden));
-  }
-  at::Tensor forward(const at::Tensor& x) { return linear_2(at::silu(linear_1(x))); }
-  nn::Linear linear_1{nullptr}, linear_2{nullptr};
-};
 
 
 // torch.nn.RMSNorm(head_dim, eps=1e-6) as FluxAttention uses it (not diffusers' RMSNorm).

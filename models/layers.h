@@ -111,6 +111,16 @@ struct AdaNormZero : torch::nn::Module {
   int64_t chunks;
 };
 
+// diffusers' TimestepEmbedding / PixArtAlphaTextProjection(act silu): linear_1, SiLU, linear_2.
+struct TwoLinear : torch::nn::Module {
+  TwoLinear(int64_t in, int64_t hidden) {
+    linear_1 = register_module("linear_1", Linear(in, hidden));
+    linear_2 = register_module("linear_2", Linear(hidden, hidden));
+  }
+  at::Tensor forward(const at::Tensor& x) { return linear_2(at::silu(linear_1(x))); }
+  Linear linear_1{nullptr}, linear_2{nullptr};
+};
+
 // x * (1 + scale) + shift with per-sample [B, dim] modulation over the token axis.
 inline at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
   return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1);

@@ -15,6 +15,7 @@
 namespace mmdit {
 namespace {
 
+using nn::TwoLinear;
 using nn::AdaNormZero;
 using nn::FeedForward;
 using nn::modulate;
@@ -36,15 +37,6 @@ at::Tensor timestep_embedding(const at::Tensor& t, int64_t dim) {
   return emb;
 }
 
-// diffusers' TimestepEmbedding / PixArtAlphaTextProjection(act silu): linear_1, SiLU, linear_2.
-struct TwoLinear : torch::nn::Module {
-  TwoLinear(int64_t in, int64_t hidden) {
-    linear_1 = register_module("linear_1", nn::Linear(in, hidden));
-    linear_2 = register_module("linear_2", nn::Linear(hidden, hidden));
-  }
-  at::Tensor forward(const at::Tensor& x) { return linear_2(at::silu(linear_1(x))); }
-  nn::Linear linear_1{nullptr}, linear_2{nullptr};
-};
 
 
 // diffusers Attention with JointAttnProcessor2_0 (joint: image + context projections) or, without
