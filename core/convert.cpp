@@ -6,15 +6,10 @@
 #include <torch/nn/module.h>
 
 #include "core/errors.h"
+#include "core/torch_util.h"
 
 namespace mmdit {
 namespace {
-
-std::string shape_str(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 std::string some(const std::vector<std::string>& names) {
   std::string out;
@@ -29,14 +24,14 @@ at::Tensor apply(const at::Tensor& t, Transform tr, const std::string& name) {
       return t;
     case Transform::SwapHalves: {
       if (t.dim() < 1 || t.size(0) % 2 != 0)
-        throw ShapeError(name + ": cannot swap halves of a tensor of shape " + shape_str(t.sizes()));
+        throw ShapeError(name + ": cannot swap halves of a tensor of shape " + shape_string(t.sizes()));
       auto h = t.chunk(2, 0);
       return at::cat({h[1], h[0]}, 0);
     }
     case Transform::SqueezeConv: {
       if (t.dim() <= 2) return t;  // biases, or already a linear weight
       for (int64_t d = 2; d < t.dim(); ++d)
-        if (t.size(d) != 1) throw ShapeError(name + ": expected a 1x1 convolution, got shape " + shape_str(t.sizes()));
+        if (t.size(d) != 1) throw ShapeError(name + ": expected a 1x1 convolution, got shape " + shape_string(t.sizes()));
       return t.reshape({t.size(0), t.size(1)});
     }
   }
@@ -68,13 +63,13 @@ TensorMap convert_weights(const WeightStore& store, const std::vector<RenameRule
       int64_t total = 0;
       for (int64_t s : rule.split_sizes) total += s;
       if (rule.split_sizes.size() != rule.targets.size() || t.dim() < 1 || t.size(0) != total)
-        throw ShapeError(name + ": shape " + shape_str(t.sizes()) + " does not split into parts of " +
-                         shape_str(rule.split_sizes) + " along dim 0");
+        throw ShapeError(name + ": shape " + shape_string(t.sizes()) + " does not split into parts of " +
+                         shape_string(rule.split_sizes) + " along dim 0");
       parts = t.split_with_sizes(rule.split_sizes, 0);
     } else if (rule.targets.size() > 1) {
       const int64_t n = int64_t(rule.targets.size());
       if (t.dim() < 1 || t.size(0) % n != 0)
-        throw ShapeError(name + ": shape " + shape_str(t.sizes()) + " does not split into " + std::to_string(n) +
+        throw ShapeError(name + ": shape " + shape_string(t.sizes()) + " does not split into " + std::to_string(n) +
                          " equal parts along dim 0");
       parts = t.chunk(n, 0);
     } else {
@@ -108,8 +103,8 @@ void load_module(torch::nn::Module& module, const TensorMap& tensors, const Load
     used.insert(key);
     const at::Tensor& src = it->second;
     if (src.sizes() != target.sizes())
-      throw ShapeError(key + ": checkpoint shape " + shape_str(src.sizes()) + " but the model expects " +
-                       shape_str(target.sizes()) + " (config and weights disagree?)");
+      throw ShapeError(key + ": checkpoint shape " + shape_string(src.sizes()) + " but the model expects " +
+                       shape_string(target.sizes()) + " (config and weights disagree?)");
     auto dtype = target.is_floating_point() ? target.scalar_type() : src.scalar_type();
     target.set_data(src.to(target.device(), dtype));
   };

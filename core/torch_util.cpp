@@ -67,6 +67,12 @@ const char* short_dtype_name(at::ScalarType t) {
   }
 }
 
+std::string shape_string(at::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
 DeviceMemory device_memory(const at::Device& device) {
   DeviceMemory m;
 #if MMDIT_HAVE_CUDART

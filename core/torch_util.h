@@ -16,6 +16,8 @@ at::Device parse_device(const std::string& s, const std::string& flag = "--devic
 // "f32", "f16", "bf16" (and the long spellings float32/float16/bfloat16).
 at::ScalarType parse_dtype(const std::string& s, const std::string& flag = "--dtype");
 const char* short_dtype_name(at::ScalarType t);
+// "[2, 16, 64, 64]", for messages about shapes.
+std::string shape_string(at::IntArrayRef shape);
 
 // Free and total bytes of a CUDA device's memory; {0, 0} on CPU or without the CUDA runtime.
 struct DeviceMemory {

@@ -7,6 +7,7 @@
 #include <torch/nn/module.h>
 
 #include "core/errors.h"
+#include "core/torch_util.h"
 #include "core/model_folder.h"
 #include "core/safetensors.h"
 
@@ -14,12 +15,6 @@ namespace mmdit {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string shape_str(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 // Lists up to 5 names, then "and N more".
 std::string some(const std::vector<std::string>& names) {
@@ -167,8 +162,8 @@ void load_module(torch::nn::Module& module, const WeightStore& store, const Load
     used.insert(key);
     at::Tensor src = store.get(key);
     if (src.sizes() != target.sizes())
-      throw ShapeError(key + ": checkpoint shape " + shape_str(src.sizes()) + " but the model expects " +
-                       shape_str(target.sizes()) + " (config and weights disagree?)");
+      throw ShapeError(key + ": checkpoint shape " + shape_string(src.sizes()) + " but the model expects " +
+                       shape_string(target.sizes()) + " (config and weights disagree?)");
     // Floating weights take the model's dtype (fp8/bf16/f16 files upcast or downcast here);
     // integer buffers keep theirs.
     auto dtype = target.is_floating_point() ? target.scalar_type() : src.scalar_type();

@@ -7,6 +7,7 @@
 
 #include "core/attention.h"
 #include "core/errors.h"
+#include "core/torch_util.h"
 #include "core/model_folder.h"
 #include "core/weights.h"
 #include "models/cogvideox_layers.h"
@@ -14,25 +15,9 @@
 namespace mmdit {
 namespace {
 
+using nn::timestep_embedding;
 using nn::TwoLinear;
 using nn::FeedForward;
-
-std::string shape_str(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-// diffusers' get_timestep_embedding(t, dim, flip_sin_to_cos, downscale_freq_shift), float32.
-at::Tensor timestep_embedding(const at::Tensor& t, int64_t dim, bool flip, int64_t shift) {
-  const int64_t half = dim / 2;
-  at::Tensor exponent = at::arange(0, half, at::TensorOptions().dtype(at::kFloat).device(t.device())) * (-std::log(10000.0));
-  exponent = exponent / double(half - shift);
-  at::Tensor emb = t.unsqueeze(1).to(at::kFloat) * at::exp(exponent).unsqueeze(0);
-  emb = flip ? at::cat({at::cos(emb), at::sin(emb)}, -1) : at::cat({at::sin(emb), at::cos(emb)}, -1);
-  if (dim % 2 == 1) emb = at::constant_pad_nd(emb, {0, 1, 0, 0});
-  return emb;
-}
 
 // get_1d_sincos_pos_embed_from_grid: float64 frequencies, [sin, cos].
 at::Tensor sincos_1d(int64_t dim, const at::Tensor& pos) {
@@ -75,8 +60,6 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
   at::Tensor rotated = at::stack({-parts[1], parts[0]}, -1).flatten(3);
   return (x.to(at::kFloat) * cos + rotated.to(at::kFloat) * sin).to(x.scalar_type());
 }
-
-
 
 // CogVideoXLayerNormZero: one LayerNorm, separate shift/scale/gate for video and text.
 struct LayerNormZero : torch::nn::Module {
@@ -374,7 +357,7 @@ at::Tensor CogVideoXTransformer::forward(const at::Tensor& hidden_states, const 
   const auto& c = config_;
   if (hidden_states.dim() != 5 || hidden_states.size(2) != c.in_channels)
     throw ShapeError("cogvideox transformer: latents must be [B, F, " + std::to_string(c.in_channels) + ", H, W], got " +
-                     shape_str(hidden_states.sizes()));
+                     shape_string(hidden_states.sizes()));
   const int64_t B = hidden_states.size(0), F = hidden_states.size(1), H = hidden_states.size(3), W = hidden_states.size(4);
   const int64_t p = c.patch_size, pt = c.patch_size_t ? c.patch_size_t : 1;
   if (H % p || W % p || F % pt)
@@ -383,9 +366,9 @@ at::Tensor CogVideoXTransformer::forward(const at::Tensor& hidden_states, const 
   if (encoder_hidden_states.dim() != 3 || encoder_hidden_states.size(0) != B ||
       encoder_hidden_states.size(2) != c.text_embed_dim)
     throw ShapeError("cogvideox transformer: text embeddings must be [" + std::to_string(B) + ", T, " +
-                     std::to_string(c.text_embed_dim) + "], got " + shape_str(encoder_hidden_states.sizes()));
+                     std::to_string(c.text_embed_dim) + "], got " + shape_string(encoder_hidden_states.sizes()));
   if (timestep.dim() != 1 || timestep.size(0) != B)
-    throw ShapeError("cogvideox transformer: timestep must be [" + std::to_string(B) + "], got " + shape_str(timestep.sizes()));
+    throw ShapeError("cogvideox transformer: timestep must be [" + std::to_string(B) + "], got " + shape_string(timestep.sizes()));
   const int64_t n_video = (F / pt) * (H / p) * (W / p);
   std::optional<std::pair<at::Tensor, at::Tensor>> r;
   if (c.use_rotary_positional_embeddings) {

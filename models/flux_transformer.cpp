@@ -8,6 +8,7 @@
 
 #include "core/attention.h"
 #include "core/errors.h"
+#include "core/torch_util.h"
 #include "core/model_folder.h"
 #include "core/weights.h"
 #include "models/layers.h"
@@ -15,28 +16,12 @@
 namespace mmdit {
 namespace {
 
+using nn::timestep_embedding;
 using nn::TwoLinear;
 using nn::AdaNormZero;
 using nn::FeedForward;
 using nn::modulate;
 using nn::NoParams;
-
-std::string shape_str(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-// diffusers' get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0), float32.
-at::Tensor timestep_embedding(const at::Tensor& t, int64_t dim) {
-  const int64_t half = dim / 2;
-  at::Tensor exponent = at::arange(0, half, at::TensorOptions().dtype(at::kFloat).device(t.device())) * (-std::log(10000.0));
-  exponent = exponent / double(half);
-  at::Tensor emb = t.unsqueeze(1).to(at::kFloat) * at::exp(exponent).unsqueeze(0);
-  return at::cat({at::cos(emb), at::sin(emb)}, -1);  // flipped: cos first
-}
-
-
 
 // torch.nn.RMSNorm(head_dim, eps=1e-6) as FluxAttention uses it (not diffusers' RMSNorm).
 struct TorchRMSNorm : torch::nn::Module {
@@ -285,25 +270,25 @@ at::Tensor FluxTransformer::forward(const at::Tensor& hidden_states, const at::T
   const auto& c = config_;
   if (hidden_states.dim() != 3 || hidden_states.size(2) != c.in_channels)
     throw ShapeError("flux transformer: packed latents must be [B, N, " + std::to_string(c.in_channels) + "], got " +
-                     shape_str(hidden_states.sizes()));
+                     shape_string(hidden_states.sizes()));
   const int64_t batch = hidden_states.size(0), n_img = hidden_states.size(1);
   if (encoder_hidden_states.dim() != 3 || encoder_hidden_states.size(0) != batch ||
       encoder_hidden_states.size(2) != c.joint_attention_dim)
     throw ShapeError("flux transformer: text embeddings must be [" + std::to_string(batch) + ", T, " +
-                     std::to_string(c.joint_attention_dim) + "], got " + shape_str(encoder_hidden_states.sizes()));
+                     std::to_string(c.joint_attention_dim) + "], got " + shape_string(encoder_hidden_states.sizes()));
   const int64_t n_txt = encoder_hidden_states.size(1);
   if (pooled.dim() != 2 || pooled.size(0) != batch || pooled.size(1) != c.pooled_projection_dim)
     throw ShapeError("flux transformer: pooled embeddings must be [" + std::to_string(batch) + ", " +
-                     std::to_string(c.pooled_projection_dim) + "], got " + shape_str(pooled.sizes()));
+                     std::to_string(c.pooled_projection_dim) + "], got " + shape_string(pooled.sizes()));
   if (timestep.dim() != 1 || timestep.size(0) != batch)
-    throw ShapeError("flux transformer: timestep must be [" + std::to_string(batch) + "], got " + shape_str(timestep.sizes()));
+    throw ShapeError("flux transformer: timestep must be [" + std::to_string(batch) + "], got " + shape_string(timestep.sizes()));
   const int64_t axes = int64_t(c.axes_dims_rope.size());
   if (img_ids.dim() != 2 || img_ids.size(0) != n_img || img_ids.size(1) != axes)
     throw ShapeError("flux transformer: img_ids must be [" + std::to_string(n_img) + ", " + std::to_string(axes) +
-                     "], got " + shape_str(img_ids.sizes()));
+                     "], got " + shape_string(img_ids.sizes()));
   if (txt_ids.dim() != 2 || txt_ids.size(0) != n_txt || txt_ids.size(1) != axes)
     throw ShapeError("flux transformer: txt_ids must be [" + std::to_string(n_txt) + ", " + std::to_string(axes) +
-                     "], got " + shape_str(txt_ids.sizes()));
+                     "], got " + shape_string(txt_ids.sizes()));
   if (c.guidance_embeds && (!guidance.defined() || guidance.dim() != 1 || guidance.size(0) != batch))
     throw ShapeError("flux transformer: this model embeds the guidance scale: guidance must be [" + std::to_string(batch) + "]");
 
@@ -339,14 +324,14 @@ at::Tensor FluxTransformer::forward(const at::Tensor& hidden_states, const at::T
 
 at::Tensor flux_pack_latents(const at::Tensor& latents) {
   if (latents.dim() != 4 || latents.size(2) % 2 || latents.size(3) % 2)
-    throw ShapeError("flux: latents to pack must be [B, C, H, W] with even H, W, got " + shape_str(latents.sizes()));
+    throw ShapeError("flux: latents to pack must be [B, C, H, W] with even H, W, got " + shape_string(latents.sizes()));
   const int64_t b = latents.size(0), ch = latents.size(1), h = latents.size(2), w = latents.size(3);
   return latents.view({b, ch, h / 2, 2, w / 2, 2}).permute({0, 2, 4, 1, 3, 5}).reshape({b, (h / 2) * (w / 2), ch * 4});
 }
 
 at::Tensor flux_unpack_latents(const at::Tensor& packed, int64_t h, int64_t w) {
   if (packed.dim() != 3 || h % 2 || w % 2 || packed.size(1) != (h / 2) * (w / 2) || packed.size(2) % 4)
-    throw ShapeError("flux: packed latents " + shape_str(packed.sizes()) + " do not unpack to " + std::to_string(h) +
+    throw ShapeError("flux: packed latents " + shape_string(packed.sizes()) + " do not unpack to " + std::to_string(h) +
                      "x" + std::to_string(w));
   const int64_t b = packed.size(0), ch = packed.size(2) / 4;
   return packed.view({b, h / 2, w / 2, ch, 2, 2}).permute({0, 3, 1, 4, 2, 5}).reshape({b, ch, h, w});

@@ -2,6 +2,7 @@
 // parameters uninitialized (at::empty: no random init, pages untouched until loaded), since every
 // parameter is loaded from a checkpoint; parameter names equal PyTorch's ("weight", "bias").
 #pragma once
+#include <cmath>
 #include <optional>
 
 #include <torch/nn/module.h>
@@ -110,6 +111,17 @@ struct AdaNormZero : torch::nn::Module {
   Linear linear{nullptr};
   int64_t chunks;
 };
+
+// diffusers' get_timestep_embedding(t, dim, flip_sin_to_cos, downscale_freq_shift), in float32.
+inline at::Tensor timestep_embedding(const at::Tensor& t, int64_t dim, bool flip = true, int64_t shift = 0) {
+  const int64_t half = dim / 2;
+  at::Tensor exponent = at::arange(0, half, at::TensorOptions().dtype(at::kFloat).device(t.device())) * (-std::log(10000.0));
+  exponent = exponent / double(half - shift);
+  at::Tensor emb = t.unsqueeze(1).to(at::kFloat) * at::exp(exponent).unsqueeze(0);
+  emb = flip ? at::cat({at::cos(emb), at::sin(emb)}, -1) : at::cat({at::sin(emb), at::cos(emb)}, -1);
+  if (dim % 2 == 1) emb = at::constant_pad_nd(emb, {0, 1, 0, 0});
+  return emb;
+}
 
 // diffusers' TimestepEmbedding / PixArtAlphaTextProjection(act silu): linear_1, SiLU, linear_2.
 struct TwoLinear : torch::nn::Module {

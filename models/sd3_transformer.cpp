@@ -8,6 +8,7 @@
 
 #include "core/attention.h"
 #include "core/errors.h"
+#include "core/torch_util.h"
 #include "core/model_folder.h"
 #include "core/weights.h"
 #include "models/layers.h"
@@ -15,29 +16,11 @@
 namespace mmdit {
 namespace {
 
+using nn::timestep_embedding;
 using nn::TwoLinear;
 using nn::AdaNormZero;
 using nn::FeedForward;
 using nn::modulate;
-
-std::string shape_str(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-// diffusers' get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0), float32.
-at::Tensor timestep_embedding(const at::Tensor& t, int64_t dim) {
-  const int64_t half = dim / 2;
-  at::Tensor exponent = at::arange(0, half, at::TensorOptions().dtype(at::kFloat).device(t.device())) * (-std::log(10000.0));
-  exponent = exponent / double(half);
-  at::Tensor emb = t.unsqueeze(1).to(at::kFloat) * at::exp(exponent).unsqueeze(0);
-  emb = at::cat({at::cos(emb), at::sin(emb)}, -1);  // flipped: cos first
-  if (dim % 2 == 1) emb = at::constant_pad_nd(emb, {0, 1, 0, 0});
-  return emb;
-}
-
-
 
 // diffusers Attention with JointAttnProcessor2_0 (joint: image + context projections) or, without
 // added projections, plain self-attention (attn2 of SD3.5-medium's dual-attention blocks).
@@ -266,7 +249,7 @@ at::Tensor SD3Transformer::forward(const at::Tensor& hidden_states, const at::Te
   const auto& c = config_;
   if (hidden_states.dim() != 4 || hidden_states.size(1) != c.in_channels)
     throw ShapeError("sd3 transformer: latents must be [B, " + std::to_string(c.in_channels) + ", H, W], got " +
-                     shape_str(hidden_states.sizes()));
+                     shape_string(hidden_states.sizes()));
   const int64_t batch = hidden_states.size(0), H = hidden_states.size(2), W = hidden_states.size(3), p = c.patch_size;
   if (H % p || W % p)
     throw ShapeError("sd3 transformer: latent size " + std::to_string(H) + "x" + std::to_string(W) +
@@ -278,12 +261,12 @@ at::Tensor SD3Transformer::forward(const at::Tensor& hidden_states, const at::Te
   if (encoder_hidden_states.dim() != 3 || encoder_hidden_states.size(0) != batch ||
       encoder_hidden_states.size(2) != c.joint_attention_dim)
     throw ShapeError("sd3 transformer: text embeddings must be [" + std::to_string(batch) + ", T, " +
-                     std::to_string(c.joint_attention_dim) + "], got " + shape_str(encoder_hidden_states.sizes()));
+                     std::to_string(c.joint_attention_dim) + "], got " + shape_string(encoder_hidden_states.sizes()));
   if (pooled.dim() != 2 || pooled.size(0) != batch || pooled.size(1) != c.pooled_projection_dim)
     throw ShapeError("sd3 transformer: pooled embeddings must be [" + std::to_string(batch) + ", " +
-                     std::to_string(c.pooled_projection_dim) + "], got " + shape_str(pooled.sizes()));
+                     std::to_string(c.pooled_projection_dim) + "], got " + shape_string(pooled.sizes()));
   if (timestep.dim() != 1 || timestep.size(0) != batch)
-    throw ShapeError("sd3 transformer: timestep must be [" + std::to_string(batch) + "], got " + shape_str(timestep.sizes()));
+    throw ShapeError("sd3 transformer: timestep must be [" + std::to_string(batch) + "], got " + shape_string(timestep.sizes()));
   for (int64_t s : skip_layers)
     if (s < 0 || s >= c.num_layers)
       throw UsageError("sd3 transformer: skip layer " + std::to_string(s) + " is not a block index (0.." +

@@ -7,6 +7,7 @@
 
 #include "core/attention.h"
 #include "core/errors.h"
+#include "core/torch_util.h"
 #include "core/model_folder.h"
 #include "core/weights.h"
 #include "models/layers.h"
@@ -15,12 +16,6 @@ namespace mmdit {
 namespace {
 
 constexpr double kEps = 1e-6;
-
-std::string shape_str(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 struct ResnetBlock : torch::nn::Module {
   ResnetBlock(int64_t in, int64_t out, int64_t groups) {
@@ -269,7 +264,7 @@ AutoencoderKL::AutoencoderKL(const VaeConfig& c) : config_(c) {
 at::Tensor AutoencoderKL::decode(const at::Tensor& z) {
   if (z.dim() != 4 || z.size(1) != config_.latent_channels)
     throw ShapeError("vae decode: latents must be [B, " + std::to_string(config_.latent_channels) + ", h, w], got " +
-                     shape_str(z.sizes()));
+                     shape_string(z.sizes()));
   at::Tensor x = z;
   if (post_quant_conv_) x = std::static_pointer_cast<nn::Conv2dImpl>(post_quant_conv_)->forward(x);
   return decoder_->forward(x);
@@ -283,7 +278,7 @@ at::Tensor AutoencoderKL::encode_moments(const at::Tensor& image) {
   const int64_t f = downscale();
   if (image.dim() != 4 || image.size(1) != config_.in_channels || image.size(2) % f || image.size(3) % f)
     throw ShapeError("vae encode: image must be [B, " + std::to_string(config_.in_channels) + ", H, W] with H, W multiples of " +
-                     std::to_string(f) + ", got " + shape_str(image.sizes()));
+                     std::to_string(f) + ", got " + shape_string(image.sizes()));
   at::Tensor m = encoder_->forward(image);
   if (quant_conv_) m = std::static_pointer_cast<nn::Conv2dImpl>(quant_conv_)->forward(m);
   return m;
