@@ -67,7 +67,16 @@ def load_data(a):
 
 def build(a, captions, tmp):
     from diffusers import AutoencoderKL, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+    if a.resume:  # a saved pipeline, to train on (weights back to float32)
+        r = pathlib.Path(a.resume)
+        for sub in ("tokenizer", "tokenizer_2"):
+            shutil.copytree(r / sub, tmp / sub)
+        f32 = dict(torch_dtype=torch.float32)
+        return (CLIPTokenizer.from_pretrained(tmp / "tokenizer"), CLIPTokenizer.from_pretrained(tmp / "tokenizer_2"),
+                CLIPTextModelWithProjection.from_pretrained(r / "text_encoder", **f32),
+                CLIPTextModelWithProjection.from_pretrained(r / "text_encoder_2", **f32),
+                SD3Transformer2DModel.from_pretrained(r / "transformer", **f32), AutoencoderKL.from_pretrained(r / "vae", **f32))
     # Tokenizer merges learned on the training captions plus every word of the grammar (held-out captions
     # use the same words, so they tokenize the same way).
     vocab_lines = captions[:5000] + [" ".join(list(world.COLOURS) + world.SHAPES + world.RELATIONS + list(world.SIZES)
@@ -84,13 +93,14 @@ def build(a, captions, tmp):
 
     te1, te2 = clip("quick_gelu"), clip("gelu")
     # Head size 64 and 32 VAE norm groups, as in every real SD3 (single-file loading assumes them).
-    transformer = SD3Transformer2DModel(sample_size=a.size // 8, patch_size=2, in_channels=16, out_channels=16,
+    vc = tuple(int(c) for c in a.vae_channels.split(","))  # n blocks: 2^(n-1) downsampling
+    transformer = SD3Transformer2DModel(sample_size=a.size // 2 ** (len(vc) - 1), patch_size=2, in_channels=16, out_channels=16,
                                         num_layers=a.layers, attention_head_dim=64, num_attention_heads=a.heads,
                                         joint_attention_dim=2 * a.clip_dim, caption_projection_dim=64 * a.heads,
                                         pooled_projection_dim=2 * a.clip_dim, pos_embed_max_size=32)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=32,
+                        down_block_types=("DownEncoderBlock2D",) * len(vc), up_block_types=("UpDecoderBlock2D",) * len(vc),
+                        block_out_channels=vc, layers_per_block=1, norm_num_groups=32,
                         scaling_factor=1.0, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False)
     return tok_l, tok_g, te1, te2, transformer, vae
 
@@ -99,35 +109,53 @@ def to_tensor(imgs, idx, device):
     return torch.from_numpy(imgs[idx]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def encode_prompts(prompts, tok_l, tok_g, te1, te2, joint_dim, device):
-    """StableDiffusion3Pipeline.encode_prompt without T5 (zeros), with gradients."""
+def tokenize(tok, prompts):
+    return tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+
+def encode_ids(ids_l, ids_g, te1, te2, joint_dim, device):
+    """StableDiffusion3Pipeline.encode_prompt without T5 (zeros), with gradients, from token ids."""
     embeds, pooled = [], []
-    for tok, te in ((tok_l, te1), (tok_g, te2)):
-        ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    for ids, te in ((ids_l, te1), (ids_g, te2)):
         out = te(ids.to(device), output_hidden_states=True)
         pooled.append(out[0])
         embeds.append(out.hidden_states[-2])
     clip = torch.cat(embeds, -1)
     clip = F.pad(clip, (0, joint_dim - clip.shape[-1]))
-    t5 = torch.zeros(len(prompts), MAX_T5_LEN, joint_dim, device=device, dtype=clip.dtype)
+    t5 = torch.zeros(len(ids_l), MAX_T5_LEN, joint_dim, device=device, dtype=clip.dtype)
     return torch.cat([clip, t5], -2), torch.cat(pooled, -1)
 
 
 def train_vae(vae, imgs, a, dev, gen):
-    opt = torch.optim.AdamW(vae.parameters(), lr=a.vae_lr, weight_decay=0.0)
+    """Trains the VAE; with --decoder-only, only its decoder (the latent space, and so a trained DiT, stays valid)."""
+    if a.vae_steps == 0:
+        return
     vae.train()
+    if a.decoder_only:
+        vae.encoder.requires_grad_(False)
+    opt = torch.optim.AdamW([q for q in vae.parameters() if q.requires_grad], lr=a.vae_lr, weight_decay=0.0)
+    t0 = time.time()
     for step in range(a.vae_steps):
-        idx = torch.randint(len(imgs), (a.batch,), generator=gen).numpy()
+        idx = torch.randint(len(imgs), (a.vae_batch,), generator=gen).numpy()
         x = to_tensor(imgs, idx, dev)
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=None)).sample
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + a.kl * post.kl().mean()
+        with torch.set_grad_enabled(not a.decoder_only):
+            post = vae.encode(x).latent_dist
+            z = post.sample(generator=None)
+        rec = vae.decode(z).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + (0 if a.decoder_only else a.kl * post.kl().mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % max(a.vae_steps // 20, 1) == 0 or step == a.vae_steps - 1:
-            log(f"vae step {step} loss {loss.item():.4f}")
+            log(f"vae step {step} loss {loss.item():.4f} ({(step + 1) / (time.time() - t0):.1f} steps/s)")
+        if a.vae_time_budget and time.time() - t0 > a.vae_time_budget:
+            log(f"vae: time budget {a.vae_time_budget} s reached after {step + 1} of {a.vae_steps} steps")
+            break
+    a.vae_steps_done = step + 1
     vae.eval().requires_grad_(False)
+    if a.decoder_only:
+        log("vae decoder reconstructions of 100 held-out scenes, checker: " + json.dumps(score_reconstructions(vae, dev)))
+        return
     # latent statistics -> shift_factor / scaling_factor (the pipeline decodes z / scale + shift)
     with torch.no_grad():
         zs = torch.cat([vae.encode(to_tensor(imgs, np.arange(i, min(i + 256, len(imgs), 2048)), dev)).latent_dist.mean
@@ -135,6 +163,20 @@ def train_vae(vae, imgs, a, dev, gen):
     shift, scale = zs.mean().item(), 1.0 / zs.std().item()
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     log(f"vae latents: shift_factor {shift:.4f} scaling_factor {scale:.4f}")
+    log("vae reconstructions of 100 held-out scenes, checker: " + json.dumps(score_reconstructions(vae, dev)))
+
+
+def score_reconstructions(vae, dev, n=100):
+    """The checker on VAE round trips of held-out renders: the ceiling for what the DiT can reach."""
+    from PIL import Image
+    import checker
+    rng = random.Random("heldout:vae")
+    scenes = [world.sample_scene(rng, "heldout") for _ in range(n)]
+    imgs = np.stack([np.asarray(world.render(s, 64)) for s in scenes])
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(to_tensor(imgs, np.arange(n), dev)).latent_dist.mean).sample
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return checker.summarize([checker.score(Image.fromarray(r), world.caption(s)) for r, s in zip(rec, scenes)])
 
 
 def train_dit(parts, imgs, caps, a, dev, gen):
@@ -149,17 +191,27 @@ def train_dit(parts, imgs, caps, a, dev, gen):
                  for i in range(0, len(imgs), 256)]
         mean = torch.cat([s.mean for s in stats])
         std = torch.cat([s.std for s in stats])
+    # Every caption tokenized once (row len(caps) is "", the dropped caption): the same ids the pipeline's
+    # tokenizers give, without tokenizer calls in the loop.
+    ids_l, ids_g = (tokenize(t, list(caps) + [""]) for t in (tok_l, tok_g))
     params = list(transformer.parameters()) + list(te1.parameters()) + list(te2.parameters())
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-4)
-    lr_at = lambda s: a.lr * min(1.0, (s + 1) / max(a.warmup, 1)) * (0.5 * (1 + math.cos(math.pi * s / max(a.dit_steps, 1))) * 0.9 + 0.1)  # noqa: E731
+    t0 = time.time()
+
+    def lr_at(s):  # linear warm-up, then cosine from --lr down to --lr-floor x --lr over the steps, or the time budget
+        p = (time.time() - t0) / a.time_budget if a.lr_schedule == "time" else s / max(a.dit_steps, 1)
+        cos = 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+        return a.lr * min(1.0, (s + 1) / max(a.warmup, 1)) * (cos * (1 - a.lr_floor) + a.lr_floor)
     for m in (transformer, te1, te2):
         m.train()
     cfg = vae.config
+    step = -1
     for step in range(a.dit_steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         idx = torch.randint(len(imgs), (a.batch,), generator=gen)
-        prompts = ["" if torch.rand((), generator=gen).item() < a.drop else caps[i] for i in idx.tolist()]
+        drop = torch.rand((a.batch,), generator=gen) < a.drop
+        cap_idx = torch.where(drop, len(caps), idx)
         i_dev = idx.to(dev)
         x0 = mean[i_dev] + std[i_dev] * torch.randn(mean[i_dev].shape, generator=gen).to(dev)
         x0 = (x0 - cfg.shift_factor) * cfg.scaling_factor
@@ -170,7 +222,8 @@ def train_dit(parts, imgs, caps, a, dev, gen):
         timesteps, sigmas = timesteps_all[ti], sigmas_all[ti].view(-1, 1, 1, 1)
         xt = (1.0 - sigmas) * x0 + sigmas * noise
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            emb, pooled = encode_prompts(prompts, tok_l, tok_g, te1, te2, transformer.config.joint_attention_dim, dev)
+            emb, pooled = encode_ids(ids_l[cap_idx], ids_g[cap_idx], te1, te2, transformer.config.joint_attention_dim,
+                                     dev)
             pred = transformer(hidden_states=xt, timestep=timesteps, encoder_hidden_states=emb,
                                pooled_projections=pooled, return_dict=False)[0]
         w = compute_loss_weighting_for_sd3(a.weighting, sigmas)
@@ -179,8 +232,15 @@ def train_dit(parts, imgs, caps, a, dev, gen):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        if step % max(a.dit_steps // 20, 1) == 0 or step == a.dit_steps - 1:
-            log(f"dit step {step} loss {loss.item():.4f} lr {lr_at(step):.2e}")
+        if step % 200 == 0 or step == a.dit_steps - 1:
+            log(f"dit step {step} loss {loss.item():.4f} lr {lr_at(step):.2e} "
+                f"({(step + 1) / (time.time() - t0):.1f} steps/s)")
+        if a.time_budget and time.time() - t0 > a.time_budget:  # the schedule's end, or a safety net
+            log(f"dit: time budget {a.time_budget} s reached after {step + 1} of {a.dit_steps} steps")
+            break
+        if a.stop_after and step + 1 >= a.stop_after:  # the learning-rate schedule still spans --dit-steps
+            break
+    a.dit_steps_done = step + 1
     for m in (transformer, te1, te2):
         m.eval().requires_grad_(False)
 
@@ -198,8 +258,13 @@ def save(parts, out, a, tmp):
     for sub in ("tokenizer", "tokenizer_2"):  # real repos also carry the slow files, which mmdit reads
         for n in ("vocab.json", "merges.txt"):
             shutil.copy(tmp / sub / n, out / sub / n)
-    (out / "shapes_world.json").write_text(json.dumps({
-        "size": a.size, "seed": a.seed, "vae_steps": a.vae_steps, "dit_steps": a.dit_steps, "batch": a.batch,
+    before = json.loads((pathlib.Path(a.resume) / "shapes_world.json").read_text()) if a.resume else None
+    (out / "shapes_world.json").write_text(json.dumps({"resumed_from_run": before,
+        "size": a.size, "seed": a.seed, "vae_steps": a.vae_steps, "vae_steps_done": getattr(a, "vae_steps_done", a.vae_steps),
+        "vae_channels": a.vae_channels, "dit_steps": a.dit_steps, "lr_schedule": a.lr_schedule, "lr_floor": a.lr_floor, "resume": a.resume,
+        "decoder_only": a.decoder_only, "time_budget": a.time_budget,
+        "dit_steps_done": getattr(a, "dit_steps_done", a.dit_steps), "batch": a.batch, "lr": a.lr, "layers": a.layers,
+        "heads": a.heads, "clip_dim": a.clip_dim, "n": a.n, "train_seconds": round(time.time() - a.t0),
         "heldout_pairs": world.HELDOUT_PAIRS, "heldout_triples": world.HELDOUT_TRIPLES}, indent=1))
     mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2 ** 20
     log(f"saved {out} ({mb:.2f} MB)")
@@ -228,6 +293,11 @@ def evaluate(out, a, dev):
                 r["file"] = f"{i + j:04d}_s{seed}.png"
                 results.append(r)
     s = checker.summarize(results)
+    from PIL import Image
+    grid = Image.new("RGB", (8 * a.size, 4 * a.size))  # the first 32 images, seed 0, for a look
+    for k in range(min(32, len(caps))):
+        grid.paste(Image.open(edir / f"{k:04d}_s0.png"), ((k % 8) * a.size, (k // 8) * a.size))
+    grid.save(edir / "grid.png")
     (edir / "results.json").write_text(json.dumps({"summary": s, "results": results}, indent=1))
     log("held-out eval: " + json.dumps(s))
     return s
@@ -243,6 +313,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--vae-steps", type=int, default=3000)
+    ap.add_argument("--vae-channels", default="32,64,64",
+                    help="VAE block_out_channels; n entries downsample 2^(n-1)x (default 4x: 16x16 latents at 64x64)")
+    ap.add_argument("--vae-time-budget", type=float, default=0, help="stop the VAE stage after this many seconds")
+    ap.add_argument("--vae-batch", type=int, default=128)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--kl", type=float, default=1e-6)
     ap.add_argument("--dit-steps", type=int, default=8000)
@@ -255,6 +329,13 @@ def main(argv=None):
     ap.add_argument("--heads", type=int, default=3)
     ap.add_argument("--clip-dim", type=int, default=64)
     ap.add_argument("--save-dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    ap.add_argument("--stop-after", type=int, default=0, help="stop the DiT stage after this many steps")
+    ap.add_argument("--lr-schedule", choices=["steps", "time"], default="steps",
+                    help="time: the cosine runs over --time-budget seconds, for as many steps as fit")
+    ap.add_argument("--lr-floor", type=float, default=0.1, help="the final learning rate, as a fraction of --lr")
+    ap.add_argument("--resume", help="continue from a saved pipeline folder (then --vae-steps 0 keeps its VAE)")
+    ap.add_argument("--decoder-only", action="store_true", help="VAE stage trains the decoder only")
+    ap.add_argument("--time-budget", type=float, default=0, help="stop the DiT stage after this many seconds")
     ap.add_argument("--eval", type=int, default=0, help="then generate this many held-out captions x 2 seeds, score")
     ap.add_argument("--eval-steps", type=int, default=28)
     ap.add_argument("--cfg", type=float, default=5.0)
@@ -262,11 +343,11 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run: 64 images, 3+3 steps, load, generate one")
     a = ap.parse_args(argv)
     if a.smoke:
-        a.n, a.batch, a.vae_steps, a.dit_steps, a.warmup, a.device = 64, 4, 3, 3, 1, "cpu"
+        a.n, a.batch, a.vae_batch, a.vae_steps, a.dit_steps, a.warmup, a.device = 64, 4, 4, 3, 3, 1, "cpu"
     torch.manual_seed(a.seed)
     dev = torch.device(a.device)
     if not a.eval_only:
-        t0 = time.time()
+        t0 = a.t0 = time.time()
         imgs, caps = load_data(a)
         log(f"data: {len(imgs)} images {imgs.shape[1]}x{imgs.shape[2]}")
         gen = torch.Generator().manual_seed(a.seed)
