@@ -7,6 +7,7 @@
 #include "core/errors.h"
 #include "core/jobs.h"
 #include "core/log.h"
+#include "core/model_folder.h"
 #include "models/pipeline.h"
 
 namespace mmdit {
@@ -36,6 +37,7 @@ std::vector<int> parse_int_list(const std::string& s, const std::string& flag) {
 void run_generate(GenerateFlags& f) {
   GenerateRequest& r = f.req;
   if (r.prompt.empty() && r.negative_prompt.empty()) log_warn("--prompt is empty: generating unconditionally");
+  if (r.model.empty()) r.model = builtin_model();
   if (!f.slg_layers.empty()) r.slg_layers = parse_int_list(f.slg_layers, "--slg-layers");
   if (!f.seed_given) {
     r.seed = std::random_device{}() & 0xffffffffu;  // printed and embedded, so it can be reproduced

@@ -24,6 +24,7 @@
 #include "core/errors.h"
 #include "core/image_io.h"
 #include "core/log.h"
+#include "core/model_folder.h"
 
 namespace mmdit {
 namespace fs = std::filesystem;
@@ -77,8 +78,8 @@ RequestOption num_opt(std::string key, std::string help, double GenerateRequest:
 std::vector<RequestOption> make_options() {
   using R = GenerateRequest;
   std::vector<RequestOption> v;
-  v.push_back(str_opt("model", "m", "Diffusers folder or single-file checkpoint", Type::Path, &R::model));
-  v.back().required = true;
+  v.push_back(str_opt("model", "m", "Diffusers folder or single-file checkpoint (default: the built-in shapes-world demo)",
+                      Type::Path, &R::model));
   v.push_back(str_opt("prompt", "p", "What to draw", Type::String, &R::prompt));
   v.back().required = true;
   v.push_back(str_opt("negative_prompt", "n", "What to avoid (with --cfg > 1)", Type::String, &R::negative_prompt));
@@ -571,6 +572,7 @@ JobFile parse_jobs(const nlohmann::json& doc, const fs::path& base_dir, const st
     GenerateRequest base;
     for (auto it = p.merged.begin(); it != p.merged.end(); ++it)
       if (const RequestOption* o = find_option(it.key())) apply_key(base, *o, it.value(), base_dir);
+    if (base.model.empty()) base.model = builtin_model();
     const std::string tmpl = p.merged.contains("output") ? p.merged["output"].get<std::string>()
                                                          : std::string("mmdit-{index}-{seed}.png");
     std::vector<uint64_t> seeds;

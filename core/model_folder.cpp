@@ -239,4 +239,11 @@ ModelInfo open_model(const fs::path& path) {
   throw FileError(path.string() + ": not a model folder (no model_index.json or config.json)");
 }
 
+std::string builtin_model() {
+  const std::filesystem::path p = MMDIT_DEMO_MODEL;  // set by CMake: <source>/demo/shapes-world
+  if (!std::filesystem::exists(p / "model_index.json"))
+    throw UsageError("no --model given, and the built-in demo model is not at " + p.string());
+  return p.string();
+}
+
 }  // namespace mmdit

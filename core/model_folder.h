@@ -44,6 +44,10 @@ void detect_from_tensor_names(const std::vector<std::string>& names, std::string
 
 const char* kind_name(ModelKind k);
 
+// The built-in demo model (the shapes world, demo/shapes-world in the source tree), used when no model is
+// given. Throws UsageError naming the path when it is not there.
+std::string builtin_model();
+
 // Reads a JSON file that must hold an object (config.json, model_index.json, indexes): FileError when it
 // cannot be opened, FormatError when it is not JSON or not an object, naming the file.
 nlohmann::json read_json_object(const std::filesystem::path& path);

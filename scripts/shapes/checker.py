@@ -246,6 +246,9 @@ def main(argv=None):
     s.add_argument("images_dir")
     s.add_argument("captions")
     s.add_argument("--out", help="write summary + per-image results here; stdout gets the summary only")
+    o = sub.add_parser("score-one", help="score one image against one caption; exit 1 unless all of it holds")
+    o.add_argument("image")
+    o.add_argument("caption")
     d = sub.add_parser("detect", help="print the objects found in images")
     d.add_argument("images", nargs="+")
     a = ap.parse_args(argv)
@@ -256,6 +259,11 @@ def main(argv=None):
             print(json.dumps(out["summary"], indent=1))
         else:
             print(json.dumps(out, indent=1))
+    elif a.cmd == "score-one":
+        r = score(Image.open(a.image), a.caption)
+        print(json.dumps({k: v for k, v in r.items() if k != "detected"}))
+        if not (r["colour_shape"] and r.get("position", True)):
+            sys.exit(f"checker: {a.image} does not show {a.caption!r}")
     else:
         for p in a.images:
             print(json.dumps({"file": p, "background": background(Image.open(p)), "objects": detect(Image.open(p))}))
