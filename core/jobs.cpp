@@ -25,6 +25,7 @@
 #include "core/image_io.h"
 #include "core/log.h"
 #include "core/model_folder.h"
+#include "core/video_writer.h"
 
 namespace mmdit {
 namespace fs = std::filesystem;
@@ -426,6 +427,13 @@ uint64_t random_seed() {
 
 std::vector<std::string> batch_outputs(const GenerateRequest& r) {
   std::vector<std::string> out;
+  if (is_frame_pattern(r.output)) {  // video frames: frame 0 is written last (models/pipeline.cpp write_videos)
+    try {
+      return {expand_frame_pattern(r.output, 0).string()};
+    } catch (const UsageError&) {
+      return {r.output};  // a bad pattern: the run reports it
+    }
+  }
   for (int i = 0; i < r.batch; ++i) out.push_back(output_path(r, i));
   return out;
 }

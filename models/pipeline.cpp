@@ -19,7 +19,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool is_pattern(const std::string& s) { return s.find('%') != std::string::npos; }
+bool is_pattern(const std::string& s) { return is_frame_pattern(s); }
 
 // Video output: a printf pattern of PNG frames (out_%03d.png), or a video file (core/video_writer.h).
 void check_video_output(const GenerateRequest& r) {
@@ -30,11 +30,10 @@ void check_video_output(const GenerateRequest& r) {
   const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
   if (!fs::is_directory(dir)) throw FileError("--output " + r.output + ": folder " + dir.string() + " does not exist");
   if (is_pattern(r.output)) {
-    char probe[4096];
-    std::snprintf(probe, sizeof probe, r.output.c_str(), 0);
-    std::string ext = fs::path(probe).extension().string();
+    const fs::path probe = expand_frame_pattern(r.output, 0);  // UsageError unless one %d/%Nd/%0Nd
+    std::string ext = probe.extension().string();
     for (auto& c : ext) c = char(std::tolower(static_cast<unsigned char>(c)));
-    if (ext != ".png" || std::string(probe) == r.output)
+    if (ext != ".png")
       throw UsageError("--output " + r.output + ": a frame pattern must hold one integer conversion and end in .png, e.g. out_%03d.png");
   }
 }
@@ -104,11 +103,19 @@ std::vector<std::string> write_videos(const GenerateRequest& r, Pipeline& pipe,
   for (size_t v = 0; v < videos.size(); ++v) {
     const auto& video = videos[v];
     if (is_pattern(r.output)) {
+      // Frame 0 of the whole set is written last, so that its presence means a complete output (what
+      // `mmdit run --skip-existing` looks for).
       for (size_t i = 0; i < video.frames.size(); ++i) {
-        char path[4096];
-        std::snprintf(path, sizeof path, r.output.c_str(), int(v * video.frames.size() + i));
+        const size_t index = v * video.frames.size() + i;
+        if (index == 0) continue;
+        const std::string path = expand_frame_pattern(r.output, int(index)).string();
         write_png(path, video.frames[i], png_metadata(r, pipe.name(), int(v)));
         written.push_back(path);
+      }
+      if (v + 1 == videos.size()) {
+        const std::string first = expand_frame_pattern(r.output, 0).string();
+        write_png(first, videos[0].frames[0], png_metadata(r, pipe.name(), 0));
+        written.insert(written.begin(), first);
       }
     } else {
       // MP4: the parameters as the human-readable comment, the request as JSON in the description.

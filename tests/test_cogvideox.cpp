@@ -188,5 +188,42 @@ TEST(CogVideoXPipeline, FramesNotFourKPlusOneIsAUsageError) {
   EXPECT_TRUE(fs::is_empty(dir));
 }
 
+// A user's --output is a file-name pattern, never a printf format: "%s" once crashed mmdit in snprintf.
+TEST(CogVideoXPipeline, BadFramePatternIsAUsageError) {
+  auto dir = test::temp_dir("cogvideox_badpattern");
+  for (const char* bad : {"f_%s.png", "f_%d_%d.png", "f_%n.png"}) {
+    auto r = test::run_mmdit("generate -q --model " + (kDir / "tiny-cogvideox-2b").string() +
+                                 " --prompt x --steps 1 --frames 5 --max-sequence-length 16 --output '" +
+                                 (dir / bad).string() + "'",
+                             "badpattern");
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find("frame pattern"), std::string::npos) << r.err;
+  }
+  EXPECT_TRUE(fs::is_empty(dir));
+}
+
+// `mmdit run --skip-existing` counts a frame-pattern output as done when its frame 0 exists: frame 0 is
+// written last, so a run killed while writing frames is not skipped.
+TEST(CogVideoXPipeline, SkipExistingSeesFramePatterns) {
+  auto dir = test::temp_dir("cogvideox_skip");
+  nlohmann::json jobs = {{"jobs", {{{"model", (kDir / "tiny-cogvideox-2b").string()}, {"prompt", "x"}, {"seed", 1},
+                                    {"steps", 1}, {"frames", 5}, {"max_sequence_length", 16},
+                                    {"output", "f_%03d.png"}}}}};
+  std::ofstream(dir / "jobs.json") << jobs.dump();
+  const std::string cmd = "run -q --skip-existing " + (dir / "jobs.json").string();
+  auto first = test::run_mmdit(cmd, "skip1");
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(fs::exists(dir / ("f_00" + std::to_string(i) + ".png"))) << i;
+  auto again = test::run_mmdit(cmd, "skip2");
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.err.find("0 ok, 0 failed, 0 invalid, 1 skipped"), std::string::npos) << again.err;
+  fs::remove(dir / "f_000.png");  // as if killed before the last write
+  auto redo = test::run_mmdit(cmd, "skip3");
+  ASSERT_EQ(redo.exit_code, 0) << redo.err;
+  EXPECT_NE(redo.err.find("1 ok, 0 failed, 0 invalid, 0 skipped"), std::string::npos) << redo.err;
+  EXPECT_TRUE(fs::exists(dir / "f_000.png"));
+}
+
 }  // namespace
 }  // namespace mmdit
