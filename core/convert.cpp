@@ -11,13 +11,6 @@
 namespace mmdit {
 namespace {
 
-std::string some(const std::vector<std::string>& names) {
-  std::string out;
-  for (size_t i = 0; i < names.size() && i < 5; ++i) out += (i ? ", " : "") + names[i];
-  if (names.size() > 5) out += " and " + std::to_string(names.size() - 5) + " more";
-  return out;
-}
-
 at::Tensor apply(const at::Tensor& t, Transform tr, const std::string& name) {
   switch (tr) {
     case Transform::Copy:
@@ -85,7 +78,7 @@ TensorMap convert_weights(const WeightStore& store, const std::vector<RenameRule
   }
   if (!unmatched.empty())
     throw FormatError("checkpoint has " + std::to_string(unmatched.size()) +
-                      " tensors the conversion table does not know: " + some(unmatched));
+                      " tensors the conversion table does not know: " + some_names(unmatched));
   return out;
 }
 
@@ -112,14 +105,14 @@ void load_module(torch::nn::Module& module, const TensorMap& tensors, const Load
   for (auto& b : module.named_buffers(/*recurse=*/true)) load_one(b.key(), b.value());
   if (!options.strict) return;
   if (!missing.empty())
-    throw FormatError("checkpoint lacks " + std::to_string(missing.size()) + " tensors the model needs: " + some(missing));
+    throw FormatError("checkpoint lacks " + std::to_string(missing.size()) + " tensors the model needs: " + some_names(missing));
   std::vector<std::string> unexpected;
   for (const auto& kv : tensors)
     if (kv.first.compare(0, options.prefix.size(), options.prefix) == 0 && !used.count(kv.first))
       unexpected.push_back(kv.first);
   if (!unexpected.empty())
     throw FormatError("checkpoint has " + std::to_string(unexpected.size()) +
-                      " tensors the model does not use: " + some(unexpected));
+                      " tensors the model does not use: " + some_names(unexpected));
 }
 
 }  // namespace mmdit

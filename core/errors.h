@@ -3,6 +3,7 @@
 #pragma once
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace mmdit {
 
@@ -34,5 +35,13 @@ struct RuntimeFailure : std::runtime_error {
 struct ExitStatus {
   int code;
 };
+
+// For messages about many names (missing tensors, ...): up to 5 of them, then "and N more".
+inline std::string some_names(const std::vector<std::string>& names) {
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < 5; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > 5) out += " and " + std::to_string(names.size() - 5) + " more";
+  return out;
+}
 
 }  // namespace mmdit

@@ -15,19 +15,6 @@ namespace mmdit {
 namespace fs = std::filesystem;
 
 namespace {
-
-// Lists up to 5 names, then "and N more".
-std::string some(const std::vector<std::string>& names) {
-  std::string out;
-  for (size_t i = 0; i < names.size() && i < 5; ++i) out += (i ? ", " : "") + names[i];
-  if (names.size() > 5) out += " and " + std::to_string(names.size() - 5) + " more";
-  return out;
-}
-
-
-}  // namespace
-
-namespace {
 bool g_random = false;
 std::string g_random_device = "cpu";
 }  // namespace
@@ -172,12 +159,12 @@ void load_module(torch::nn::Module& module, const WeightStore& store, const Load
   for (auto& p : module.named_parameters(/*recurse=*/true)) load_one(p.key(), p.value());
   for (auto& b : module.named_buffers(/*recurse=*/true)) load_one(b.key(), b.value());
   if (!options.strict) return;
-  if (!missing.empty()) throw FormatError("checkpoint lacks " + std::to_string(missing.size()) + " tensors the model needs: " + some(missing));
+  if (!missing.empty()) throw FormatError("checkpoint lacks " + std::to_string(missing.size()) + " tensors the model needs: " + some_names(missing));
   std::vector<std::string> unexpected;
   for (const auto& n : store.names())
     if (n.compare(0, options.prefix.size(), options.prefix) == 0 && !used.count(n)) unexpected.push_back(n);
   if (!unexpected.empty())
-    throw FormatError("checkpoint has " + std::to_string(unexpected.size()) + " tensors the model does not use: " + some(unexpected));
+    throw FormatError("checkpoint has " + std::to_string(unexpected.size()) + " tensors the model does not use: " + some_names(unexpected));
 }
 
 }  // namespace mmdit

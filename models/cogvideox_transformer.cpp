@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/config_fields.h"
 #include "core/attention.h"
 #include "core/errors.h"
 #include "core/torch_util.h"
@@ -224,54 +225,37 @@ struct CogVideoXBlock : torch::nn::Module {
 };
 
 CogVideoXTransformerConfig CogVideoXTransformerConfig::from_json(const nlohmann::json& j) {
-  if (!j.is_object()) throw FormatError("transformer config: not a JSON object");
+  const ConfigFields f(j, "transformer config");
   CogVideoXTransformerConfig c;
-  auto has = [&](const char* k) { return j.contains(k) && !j[k].is_null(); };
-  auto get_int = [&](const char* key, int64_t& v) {
-    if (!has(key)) return;
-    if (!j[key].is_number_integer()) throw FormatError(std::string("transformer config: '") + key + "' is not an integer");
-    v = j[key].get<int64_t>();
-    if (v < 0) throw FormatError(std::string("transformer config: '") + key + "' must not be negative");
-  };
-  auto get_num = [&](const char* key, double& v) {
-    if (!has(key)) return;
-    if (!j[key].is_number()) throw FormatError(std::string("transformer config: '") + key + "' is not a number");
-    v = j[key].get<double>();
-  };
-  auto get_bool = [&](const char* key, bool& v) {
-    if (!has(key)) return;
-    if (!j[key].is_boolean()) throw FormatError(std::string("transformer config: '") + key + "' is not a boolean");
-    v = j[key].get<bool>();
-  };
-  get_int("num_attention_heads", c.num_attention_heads);
-  get_int("attention_head_dim", c.attention_head_dim);
-  get_int("in_channels", c.in_channels);
+  f.get("num_attention_heads", c.num_attention_heads, 0);
+  f.get("attention_head_dim", c.attention_head_dim, 0);
+  f.get("in_channels", c.in_channels, 0);
   c.out_channels = c.in_channels;
-  get_int("out_channels", c.out_channels);
-  get_bool("flip_sin_to_cos", c.flip_sin_to_cos);
-  get_int("freq_shift", c.freq_shift);
-  get_int("time_embed_dim", c.time_embed_dim);
-  get_int("ofs_embed_dim", c.ofs_embed_dim);
-  get_int("text_embed_dim", c.text_embed_dim);
-  get_int("num_layers", c.num_layers);
-  get_bool("attention_bias", c.attention_bias);
-  get_int("sample_width", c.sample_width);
-  get_int("sample_height", c.sample_height);
-  get_int("sample_frames", c.sample_frames);
-  get_int("patch_size", c.patch_size);
-  get_int("patch_size_t", c.patch_size_t);
-  get_int("temporal_compression_ratio", c.temporal_compression_ratio);
-  get_int("max_text_seq_length", c.max_text_seq_length);
-  get_bool("norm_elementwise_affine", c.norm_elementwise_affine);
-  get_num("norm_eps", c.norm_eps);
-  get_num("spatial_interpolation_scale", c.spatial_interpolation_scale);
-  get_num("temporal_interpolation_scale", c.temporal_interpolation_scale);
-  get_bool("use_rotary_positional_embeddings", c.use_rotary_positional_embeddings);
-  get_bool("use_learned_positional_embeddings", c.use_learned_positional_embeddings);
-  get_bool("patch_bias", c.patch_bias);
+  f.get("out_channels", c.out_channels, 0);
+  f.get("flip_sin_to_cos", c.flip_sin_to_cos);
+  f.get("freq_shift", c.freq_shift, 0);
+  f.get("time_embed_dim", c.time_embed_dim, 0);
+  f.get("ofs_embed_dim", c.ofs_embed_dim, 0);
+  f.get("text_embed_dim", c.text_embed_dim, 0);
+  f.get("num_layers", c.num_layers, 0);
+  f.get("attention_bias", c.attention_bias);
+  f.get("sample_width", c.sample_width, 0);
+  f.get("sample_height", c.sample_height, 0);
+  f.get("sample_frames", c.sample_frames, 0);
+  f.get("patch_size", c.patch_size, 0);
+  f.get("patch_size_t", c.patch_size_t, 0);
+  f.get("temporal_compression_ratio", c.temporal_compression_ratio, 0);
+  f.get("max_text_seq_length", c.max_text_seq_length, 0);
+  f.get("norm_elementwise_affine", c.norm_elementwise_affine);
+  f.get("norm_eps", c.norm_eps);
+  f.get("spatial_interpolation_scale", c.spatial_interpolation_scale);
+  f.get("temporal_interpolation_scale", c.temporal_interpolation_scale);
+  f.get("use_rotary_positional_embeddings", c.use_rotary_positional_embeddings);
+  f.get("use_learned_positional_embeddings", c.use_learned_positional_embeddings);
+  f.get("patch_bias", c.patch_bias);
   for (const char* k : {"activation_fn"})
-    if (has(k) && j[k] != "gelu-approximate") throw FormatError(std::string("transformer config: ") + k + " must be gelu-approximate");
-  if (has("timestep_activation_fn") && j["timestep_activation_fn"] != "silu")
+    if (f.has(k) && j[k] != "gelu-approximate") throw FormatError(std::string("transformer config: ") + k + " must be gelu-approximate");
+  if (f.has("timestep_activation_fn") && j["timestep_activation_fn"] != "silu")
     throw FormatError("transformer config: timestep_activation_fn must be silu");
   if (!c.norm_elementwise_affine) throw FormatError("transformer config: norm_elementwise_affine false is not supported");
   if (c.num_attention_heads <= 0 || c.attention_head_dim <= 0 || c.patch_size <= 0 || c.num_layers <= 0 ||

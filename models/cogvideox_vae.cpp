@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/config_fields.h"
 #include "core/errors.h"
 #include "core/model_folder.h"
 #include "core/weights.h"
@@ -282,58 +283,34 @@ struct CogVideoXEncoder : torch::nn::Module {
 };
 
 CogVideoXVaeConfig CogVideoXVaeConfig::from_json(const nlohmann::json& j) {
-  if (!j.is_object()) throw FormatError("vae config: not a JSON object");
+  const ConfigFields f(j, "vae config");
   CogVideoXVaeConfig c;
-  auto has = [&](const char* k) { return j.contains(k) && !j[k].is_null(); };
-  auto get_int = [&](const char* k, int64_t& v) {
-    if (!has(k)) return;
-    if (!j[k].is_number_integer() || j[k].get<int64_t>() <= 0)
-      throw FormatError(std::string("vae config: '") + k + "' is not a positive integer");
-    v = j[k].get<int64_t>();
-  };
-  auto get_num = [&](const char* k, double& v) {
-    if (!has(k)) return;
-    if (!j[k].is_number()) throw FormatError(std::string("vae config: '") + k + "' is not a number");
-    v = j[k].get<double>();
-  };
-  auto get_bool = [&](const char* k, bool& v) {
-    if (!has(k)) return;
-    if (!j[k].is_boolean()) throw FormatError(std::string("vae config: '") + k + "' is not a boolean");
-    v = j[k].get<bool>();
-  };
-  get_int("in_channels", c.in_channels);
-  get_int("out_channels", c.out_channels);
-  if (has("block_out_channels")) {
-    if (!j["block_out_channels"].is_array() || j["block_out_channels"].empty())
-      throw FormatError("vae config: 'block_out_channels' is not a list");
-    c.block_out_channels.clear();
-    for (const auto& v : j["block_out_channels"]) {
-      if (!v.is_number_integer() || v.get<int64_t>() <= 0) throw FormatError("vae config: 'block_out_channels' holds a non-positive value");
-      c.block_out_channels.push_back(v.get<int64_t>());
-    }
-  }
-  get_int("latent_channels", c.latent_channels);
-  get_int("layers_per_block", c.layers_per_block);
-  get_num("norm_eps", c.norm_eps);
-  get_int("norm_num_groups", c.norm_num_groups);
+  f.get("in_channels", c.in_channels);
+  f.get("out_channels", c.out_channels);
+  f.get("block_out_channels", c.block_out_channels);
+  if (c.block_out_channels.empty()) throw FormatError("vae config: 'block_out_channels' is an empty list");
+  f.get("latent_channels", c.latent_channels);
+  f.get("layers_per_block", c.layers_per_block);
+  f.get("norm_eps", c.norm_eps);
+  f.get("norm_num_groups", c.norm_num_groups);
   double tcr = double(c.temporal_compression_ratio);
-  get_num("temporal_compression_ratio", tcr);
+  f.get("temporal_compression_ratio", tcr);
   c.temporal_compression_ratio = int64_t(tcr);
-  get_int("sample_height", c.sample_height);
-  get_int("sample_width", c.sample_width);
-  get_num("scaling_factor", c.scaling_factor);
-  get_bool("use_quant_conv", c.use_quant_conv);
-  get_bool("use_post_quant_conv", c.use_post_quant_conv);
+  f.get("sample_height", c.sample_height);
+  f.get("sample_width", c.sample_width);
+  f.get("scaling_factor", c.scaling_factor);
+  f.get("use_quant_conv", c.use_quant_conv);
+  f.get("use_post_quant_conv", c.use_post_quant_conv);
   for (const char* k : {"down_block_types", "up_block_types"}) {
-    if (!has(k)) continue;
+    if (!f.has(k)) continue;
     if (!j[k].is_array() || j[k].size() != c.block_out_channels.size())
       throw FormatError(std::string("vae config: '") + k + "' must list one block per block_out_channels entry");
     const std::string want = std::string(k) == "down_block_types" ? "CogVideoXDownBlock3D" : "CogVideoXUpBlock3D";
     for (const auto& v : j[k])
       if (v != want) throw FormatError(std::string("vae config: ") + k + " must all be " + want);
   }
-  if (has("act_fn") && j["act_fn"] != "silu") throw FormatError("vae config: act_fn must be silu");
-  if (has("invert_scale_latents") && j["invert_scale_latents"] == true)
+  if (f.has("act_fn") && j["act_fn"] != "silu") throw FormatError("vae config: act_fn must be silu");
+  if (f.has("invert_scale_latents") && j["invert_scale_latents"] == true)
     throw FormatError("vae config: invert_scale_latents is not supported");
   return c;
 }

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/config_fields.h"
 #include "core/attention.h"
 #include "core/errors.h"
 #include "core/torch_util.h"
@@ -190,37 +191,20 @@ struct FluxSingleBlock : torch::nn::Module {
 };
 
 FluxTransformerConfig FluxTransformerConfig::from_json(const nlohmann::json& j) {
-  if (!j.is_object()) throw FormatError("transformer config: not a JSON object");
+  const ConfigFields f(j, "transformer config");
   FluxTransformerConfig c;
-  auto get_int = [&](const char* key, int64_t& v) {
-    if (!j.contains(key) || j[key].is_null()) return;
-    if (!j[key].is_number_integer()) throw FormatError(std::string("transformer config: '") + key + "' is not an integer");
-    v = j[key].get<int64_t>();
-    if (v <= 0) throw FormatError(std::string("transformer config: '") + key + "' must be positive");
-  };
-  get_int("patch_size", c.patch_size);
-  get_int("in_channels", c.in_channels);
-  get_int("num_layers", c.num_layers);
-  get_int("num_single_layers", c.num_single_layers);
-  get_int("attention_head_dim", c.attention_head_dim);
-  get_int("num_attention_heads", c.num_attention_heads);
-  get_int("joint_attention_dim", c.joint_attention_dim);
-  get_int("pooled_projection_dim", c.pooled_projection_dim);
+  for (auto [key, field] : {std::pair{"patch_size", &c.patch_size}, {"in_channels", &c.in_channels},
+                            {"num_layers", &c.num_layers}, {"num_single_layers", &c.num_single_layers},
+                            {"attention_head_dim", &c.attention_head_dim}, {"num_attention_heads", &c.num_attention_heads},
+                            {"joint_attention_dim", &c.joint_attention_dim},
+                            {"pooled_projection_dim", &c.pooled_projection_dim}})
+    f.get(key, *field);
   c.out_channels = c.in_channels;
-  get_int("out_channels", c.out_channels);
-  if (j.contains("guidance_embeds") && !j["guidance_embeds"].is_null()) {
-    if (!j["guidance_embeds"].is_boolean()) throw FormatError("transformer config: 'guidance_embeds' is not a boolean");
-    c.guidance_embeds = j["guidance_embeds"].get<bool>();
-  }
-  if (j.contains("axes_dims_rope") && !j["axes_dims_rope"].is_null()) {
-    if (!j["axes_dims_rope"].is_array()) throw FormatError("transformer config: 'axes_dims_rope' is not a list");
-    c.axes_dims_rope.clear();
-    for (const auto& v : j["axes_dims_rope"]) {
-      if (!v.is_number_integer() || v.get<int64_t>() <= 0 || v.get<int64_t>() % 2)
-        throw FormatError("transformer config: 'axes_dims_rope' must hold positive even integers");
-      c.axes_dims_rope.push_back(v.get<int64_t>());
-    }
-  }
+  f.get("out_channels", c.out_channels);
+  f.get("guidance_embeds", c.guidance_embeds);
+  f.get("axes_dims_rope", c.axes_dims_rope);
+  for (int64_t a : c.axes_dims_rope)
+    if (a % 2) throw FormatError("transformer config: 'axes_dims_rope' must hold positive even integers");
   if (c.patch_size != 1) throw FormatError("transformer config: patch_size " + std::to_string(c.patch_size) + " is not supported (FLUX uses 1)");
   int64_t sum = 0;
   for (int64_t a : c.axes_dims_rope) sum += a;

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/config_fields.h"
 #include "core/attention.h"
 #include "core/errors.h"
 #include "core/torch_util.h"
@@ -188,40 +189,22 @@ struct SD3JointBlock : torch::nn::Module {
 };
 
 SD3TransformerConfig SD3TransformerConfig::from_json(const nlohmann::json& j) {
-  if (!j.is_object()) throw FormatError("transformer config: not a JSON object");
+  const ConfigFields f(j, "transformer config");
   SD3TransformerConfig c;
-  auto get_int = [&](const char* key, int64_t& v) {
-    if (!j.contains(key) || j[key].is_null()) return;
-    if (!j[key].is_number_integer()) throw FormatError(std::string("transformer config: '") + key + "' is not an integer");
-    v = j[key].get<int64_t>();
-    if (v <= 0) throw FormatError(std::string("transformer config: '") + key + "' must be positive");
-  };
-  get_int("sample_size", c.sample_size);
-  get_int("patch_size", c.patch_size);
-  get_int("in_channels", c.in_channels);
-  get_int("num_layers", c.num_layers);
-  get_int("attention_head_dim", c.attention_head_dim);
-  get_int("num_attention_heads", c.num_attention_heads);
-  get_int("joint_attention_dim", c.joint_attention_dim);
-  get_int("caption_projection_dim", c.caption_projection_dim);
-  get_int("pooled_projection_dim", c.pooled_projection_dim);
+  for (auto [key, field] : {std::pair{"sample_size", &c.sample_size}, {"patch_size", &c.patch_size},
+                            {"in_channels", &c.in_channels}, {"num_layers", &c.num_layers},
+                            {"attention_head_dim", &c.attention_head_dim}, {"num_attention_heads", &c.num_attention_heads},
+                            {"joint_attention_dim", &c.joint_attention_dim},
+                            {"caption_projection_dim", &c.caption_projection_dim},
+                            {"pooled_projection_dim", &c.pooled_projection_dim}})
+    f.get(key, *field);
   c.out_channels = c.in_channels;
-  get_int("out_channels", c.out_channels);
+  f.get("out_channels", c.out_channels);
   if (j.contains("pos_embed_max_size") && j["pos_embed_max_size"].is_null())
     throw FormatError("transformer config: pos_embed_max_size null (uncropped position embeddings) is not supported");
-  get_int("pos_embed_max_size", c.pos_embed_max_size);
-  if (j.contains("dual_attention_layers") && !j["dual_attention_layers"].is_null()) {
-    if (!j["dual_attention_layers"].is_array()) throw FormatError("transformer config: 'dual_attention_layers' is not a list");
-    for (const auto& v : j["dual_attention_layers"]) {
-      if (!v.is_number_integer()) throw FormatError("transformer config: 'dual_attention_layers' holds a non-integer");
-      c.dual_attention_layers.push_back(v.get<int64_t>());
-    }
-  }
-  if (j.contains("qk_norm") && !j["qk_norm"].is_null()) {
-    if (!j["qk_norm"].is_string()) throw FormatError("transformer config: 'qk_norm' is not a string");
-    c.qk_norm = j["qk_norm"].get<std::string>();
-    if (c.qk_norm != "rms_norm") throw FormatError("transformer config: qk_norm '" + c.qk_norm + "' is not supported (only rms_norm)");
-  }
+  f.get("pos_embed_max_size", c.pos_embed_max_size);
+  f.get("dual_attention_layers", c.dual_attention_layers, 0);
+  f.get("qk_norm", c.qk_norm, {"rms_norm"});
   if (c.caption_projection_dim != c.inner_dim())
     throw FormatError("transformer config: caption_projection_dim " + std::to_string(c.caption_projection_dim) +
                       " differs from num_attention_heads * attention_head_dim = " + std::to_string(c.inner_dim()));

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/config_fields.h"
 #include "core/attention.h"
 #include "core/errors.h"
 #include "core/torch_util.h"
@@ -196,46 +197,22 @@ struct VaeDecoder : torch::nn::Module {
 };
 
 VaeConfig VaeConfig::from_json(const nlohmann::json& j) {
-  if (!j.is_object()) throw FormatError("vae config: not a JSON object");
+  const ConfigFields f(j, "vae config");
   VaeConfig c;
-  auto has = [&](const char* k) { return j.contains(k) && !j[k].is_null(); };
-  auto get_int = [&](const char* key, int64_t& v) {
-    if (!has(key)) return;
-    if (!j[key].is_number_integer() || j[key].get<int64_t>() <= 0)
-      throw FormatError(std::string("vae config: '") + key + "' is not a positive integer");
-    v = j[key].get<int64_t>();
-  };
-  auto get_num = [&](const char* key, double& v) {
-    if (!has(key)) return;
-    if (!j[key].is_number()) throw FormatError(std::string("vae config: '") + key + "' is not a number");
-    v = j[key].get<double>();
-  };
-  auto get_bool = [&](const char* key, bool& v) {
-    if (!has(key)) return;
-    if (!j[key].is_boolean()) throw FormatError(std::string("vae config: '") + key + "' is not a boolean");
-    v = j[key].get<bool>();
-  };
-  get_int("in_channels", c.in_channels);
-  get_int("out_channels", c.out_channels);
-  get_int("latent_channels", c.latent_channels);
-  get_int("layers_per_block", c.layers_per_block);
-  get_int("norm_num_groups", c.norm_num_groups);
-  get_num("scaling_factor", c.scaling_factor);
-  get_num("shift_factor", c.shift_factor);
-  get_bool("use_quant_conv", c.use_quant_conv);
-  get_bool("use_post_quant_conv", c.use_post_quant_conv);
-  get_bool("mid_block_add_attention", c.mid_block_add_attention);
-  if (has("block_out_channels")) {
-    if (!j["block_out_channels"].is_array() || j["block_out_channels"].empty())
-      throw FormatError("vae config: 'block_out_channels' is not a non-empty list");
-    c.block_out_channels.clear();
-    for (const auto& v : j["block_out_channels"]) {
-      if (!v.is_number_integer() || v.get<int64_t>() <= 0) throw FormatError("vae config: bad 'block_out_channels' entry");
-      c.block_out_channels.push_back(v.get<int64_t>());
-    }
-  }
+  f.get("in_channels", c.in_channels);
+  f.get("out_channels", c.out_channels);
+  f.get("latent_channels", c.latent_channels);
+  f.get("layers_per_block", c.layers_per_block);
+  f.get("norm_num_groups", c.norm_num_groups);
+  f.get("scaling_factor", c.scaling_factor);
+  f.get("shift_factor", c.shift_factor);
+  f.get("use_quant_conv", c.use_quant_conv);
+  f.get("use_post_quant_conv", c.use_post_quant_conv);
+  f.get("mid_block_add_attention", c.mid_block_add_attention);
+  f.get("block_out_channels", c.block_out_channels);
+  if (c.block_out_channels.empty()) throw FormatError("vae config: 'block_out_channels' is an empty list");
   auto check_types = [&](const char* key, const char* want) {
-    if (!has(key)) return;
+    if (!f.has(key)) return;
     if (!j[key].is_array() || j[key].size() != c.block_out_channels.size())
       throw FormatError(std::string("vae config: '") + key + "' must list one block per block_out_channels entry");
     for (const auto& v : j[key])
@@ -244,7 +221,7 @@ VaeConfig VaeConfig::from_json(const nlohmann::json& j) {
   };
   check_types("down_block_types", "DownEncoderBlock2D");
   check_types("up_block_types", "UpDecoderBlock2D");
-  if (has("act_fn") && j["act_fn"] != "silu") throw FormatError("vae config: act_fn other than silu is not supported");
+  if (f.has("act_fn") && j["act_fn"] != "silu") throw FormatError("vae config: act_fn other than silu is not supported");
   for (int64_t ch : c.block_out_channels)
     if (ch % c.norm_num_groups != 0)
       throw FormatError("vae config: block_out_channels " + std::to_string(ch) + " not divisible by norm_num_groups " +

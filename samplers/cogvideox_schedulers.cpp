@@ -12,49 +12,25 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include "core/config_fields.h"
 #include "core/errors.h"
 
 namespace mmdit {
 
 CogVideoXSchedulerConfig CogVideoXSchedulerConfig::from_json(const nlohmann::json& j) {
-  if (!j.is_object()) throw FormatError("scheduler config: not a JSON object");
+  const ConfigFields f(j, "scheduler config");
   CogVideoXSchedulerConfig c;
-  auto has = [&](const char* k) { return j.contains(k) && !j[k].is_null(); };
-  auto num = [&](const char* k, double& v) {
-    if (!has(k)) return;
-    if (!j[k].is_number()) throw FormatError(std::string("scheduler config: '") + k + "' is not a number");
-    v = j[k].get<double>();
-  };
-  auto integer = [&](const char* k, int& v, int min) {
-    if (!has(k)) return;
-    if (!j[k].is_number_integer() || j[k].get<int64_t>() < min)
-      throw FormatError(std::string("scheduler config: '") + k + "' is not an integer >= " + std::to_string(min));
-    v = j[k].get<int>();
-  };
-  auto flag = [&](const char* k, bool& v) {
-    if (!has(k)) return;
-    if (!j[k].is_boolean()) throw FormatError(std::string("scheduler config: '") + k + "' is not a boolean");
-    v = j[k].get<bool>();
-  };
-  auto str = [&](const char* k, std::string& v, std::initializer_list<const char*> allowed) {
-    if (!has(k)) return;
-    if (!j[k].is_string()) throw FormatError(std::string("scheduler config: '") + k + "' is not a string");
-    v = j[k].get<std::string>();
-    for (const char* a : allowed)
-      if (v == a) return;
-    throw FormatError(std::string("scheduler config: ") + k + " '" + v + "' is not supported");
-  };
-  integer("num_train_timesteps", c.num_train_timesteps, 1);
-  num("beta_start", c.beta_start);
-  num("beta_end", c.beta_end);
-  str("beta_schedule", c.beta_schedule, {"scaled_linear", "linear"});
-  flag("set_alpha_to_one", c.set_alpha_to_one);
-  integer("steps_offset", c.steps_offset, 0);
-  str("prediction_type", c.prediction_type, {"epsilon", "sample", "v_prediction"});
-  str("timestep_spacing", c.timestep_spacing, {"linspace", "leading", "trailing"});
-  flag("rescale_betas_zero_snr", c.rescale_betas_zero_snr);
-  num("snr_shift_scale", c.snr_shift_scale);
-  if (has("trained_betas")) throw FormatError("scheduler config: trained_betas is not supported");
+  f.get("num_train_timesteps", c.num_train_timesteps);
+  f.get("beta_start", c.beta_start);
+  f.get("beta_end", c.beta_end);
+  f.get("beta_schedule", c.beta_schedule, {"scaled_linear", "linear"});
+  f.get("set_alpha_to_one", c.set_alpha_to_one);
+  f.get("steps_offset", c.steps_offset, 0);
+  f.get("prediction_type", c.prediction_type, {"epsilon", "sample", "v_prediction"});
+  f.get("timestep_spacing", c.timestep_spacing, {"linspace", "leading", "trailing"});
+  f.get("rescale_betas_zero_snr", c.rescale_betas_zero_snr);
+  f.get("snr_shift_scale", c.snr_shift_scale);
+  if (f.has("trained_betas")) throw FormatError("scheduler config: trained_betas is not supported");
   return c;
 }
 

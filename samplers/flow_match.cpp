@@ -12,49 +12,32 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include "core/config_fields.h"
 #include "core/errors.h"
 
 namespace mmdit {
 
 FlowMatchConfig FlowMatchConfig::from_json(const nlohmann::json& j) {
-  if (!j.is_object()) throw FormatError("scheduler config: not a JSON object");
+  const ConfigFields f(j, "scheduler config");
   FlowMatchConfig c;
-  auto has = [&](const char* k) { return j.contains(k) && !j[k].is_null(); };
-  auto num = [&](const char* k, double& v) {
-    if (!has(k)) return;
-    if (!j[k].is_number()) throw FormatError(std::string("scheduler config: '") + k + "' is not a number");
-    v = j[k].get<double>();
-  };
-  auto integer = [&](const char* k, int& v) {
-    if (!has(k)) return;
-    if (!j[k].is_number_integer() || j[k].get<int64_t>() <= 0)
-      throw FormatError(std::string("scheduler config: '") + k + "' is not a positive integer");
-    v = j[k].get<int>();
-  };
-  auto flag = [&](const char* k) {
-    if (!has(k)) return false;
-    if (!j[k].is_boolean()) throw FormatError(std::string("scheduler config: '") + k + "' is not a boolean");
-    return j[k].get<bool>();
-  };
-  integer("num_train_timesteps", c.num_train_timesteps);
-  num("shift", c.shift);
-  c.use_dynamic_shifting = flag("use_dynamic_shifting");
-  num("base_shift", c.base_shift);
-  num("max_shift", c.max_shift);
-  integer("base_image_seq_len", c.base_image_seq_len);
-  integer("max_image_seq_len", c.max_image_seq_len);
-  if (has("shift_terminal")) {
-    double t = 0;
-    num("shift_terminal", t);
-    if (t != 0) c.shift_terminal = t;
+  f.get("num_train_timesteps", c.num_train_timesteps);
+  f.get("shift", c.shift);
+  f.get("use_dynamic_shifting", c.use_dynamic_shifting);
+  f.get("base_shift", c.base_shift);
+  f.get("max_shift", c.max_shift);
+  f.get("base_image_seq_len", c.base_image_seq_len);
+  f.get("max_image_seq_len", c.max_image_seq_len);
+  double terminal = 0;
+  f.get("shift_terminal", terminal);
+  if (terminal != 0) c.shift_terminal = terminal;
+  std::string shift_type = c.exponential_time_shift ? "exponential" : "linear";
+  f.get("time_shift_type", shift_type, {"exponential", "linear"});
+  c.exponential_time_shift = shift_type == "exponential";
+  for (const char* k : {"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas", "stochastic_sampling"}) {
+    bool on = false;
+    f.get(k, on);
+    if (on) throw FormatError(std::string("scheduler config: ") + k + " is not supported");
   }
-  if (has("time_shift_type")) {
-    const auto t = j["time_shift_type"].is_string() ? j["time_shift_type"].get<std::string>() : "";
-    if (t != "exponential" && t != "linear") throw FormatError("scheduler config: time_shift_type must be exponential or linear");
-    c.exponential_time_shift = t == "exponential";
-  }
-  for (const char* k : {"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas", "stochastic_sampling"})
-    if (flag(k)) throw FormatError(std::string("scheduler config: ") + k + " is not supported");
   return c;
 }
 

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "core/config_fields.h"
 #include "core/errors.h"
 #include "core/image_io.h"
 #include "core/model_folder.h"
@@ -161,6 +162,77 @@ TEST(Fuzz, CorpusParsesOrFailsCleanly) {
     }
   }
   EXPECT_GT(n, 20);
+}
+
+}  // namespace
+}  // namespace mmdit
+
+namespace mmdit {
+namespace {
+
+// core/config_fields.h: the one reader of typed config fields that every model and scheduler uses.
+TEST(ConfigFields, ReadsTypedFieldsAndKeepsDefaults) {
+  const auto j = nlohmann::json::parse(
+      R"({"n": 3, "x": 0.5, "on": true, "kind": "rms_norm", "list": [1, 2], "none": null, "zero": 0})");
+  const ConfigFields f(j, "test config");
+  int64_t n = 7, none = 9, absent = 11, zero = 5;
+  int small = 1;
+  double x = 0;
+  bool on = false;
+  std::string kind;
+  std::vector<int64_t> list;
+  f.get("n", n);
+  f.get("n", small);
+  f.get("none", none);      // null keeps the default
+  f.get("absent", absent);  // so does a missing key
+  f.get("zero", zero, 0);   // 0 allowed when min is 0
+  f.get("x", x);
+  f.get("n", x);  // an integer is a number too
+  f.get("on", on);
+  f.get("kind", kind, {"rms_norm"});
+  f.get("list", list);
+  EXPECT_EQ(n, 3);
+  EXPECT_EQ(small, 3);
+  EXPECT_EQ(none, 9);
+  EXPECT_EQ(absent, 11);
+  EXPECT_EQ(zero, 0);
+  EXPECT_EQ(x, 3.0);
+  EXPECT_TRUE(on);
+  EXPECT_EQ(kind, "rms_norm");
+  EXPECT_EQ(list, (std::vector<int64_t>{1, 2}));
+  EXPECT_TRUE(f.has("n"));
+  EXPECT_FALSE(f.has("none"));
+}
+
+TEST(ConfigFields, WrongTypesAndRangesNameTheConfigAndKey) {
+  const auto j = nlohmann::json::parse(R"({"s": "a", "x": 1.5, "zero": 0, "neg": -1, "list": [1, 0], "n": 2})");
+  const ConfigFields f(j, "test config");
+  auto message = [](auto fn) {
+    try {
+      fn();
+    } catch (const FormatError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  int64_t i = 0;
+  double d = 0;
+  bool b = false;
+  std::string s;
+  std::vector<int64_t> v;
+  EXPECT_EQ(message([&] { f.get("s", i); }), "test config: 's' is not an integer");
+  EXPECT_EQ(message([&] { f.get("x", i); }), "test config: 'x' is not an integer");
+  EXPECT_EQ(message([&] { f.get("zero", i); }), "test config: 'zero' must be positive");
+  EXPECT_EQ(message([&] { f.get("neg", i, 0); }), "test config: 'neg' must not be negative");
+  EXPECT_EQ(message([&] { f.get("n", i, 4); }), "test config: 'n' must be at least 4");
+  EXPECT_EQ(message([&] { f.get("s", d); }), "test config: 's' is not a number");
+  EXPECT_EQ(message([&] { f.get("n", b); }), "test config: 'n' is not a boolean");
+  EXPECT_EQ(message([&] { f.get("n", s); }), "test config: 'n' is not a string");
+  EXPECT_EQ(message([&] { f.get("s", s, {"b", "c"}); }), "test config: s 'a' is not supported");
+  EXPECT_EQ(message([&] { f.get("list", v); }), "test config: 'list' holds 0, not an integer >= 1");
+  EXPECT_EQ(message([&] { f.get("n", v); }), "test config: 'n' is not a list");
+  EXPECT_EQ(message([&] { ConfigFields bad(nlohmann::json::array(), "test config"); }), "test config: not a JSON object");
+  EXPECT_EQ(i, 0);  // nothing assigned on error
 }
 
 }  // namespace
