@@ -99,6 +99,17 @@ const ComponentInfo* ModelInfo::component(const std::string& name) const {
   return nullptr;
 }
 
+std::filesystem::path ModelInfo::component_dir(const std::string& name) const {
+  const ComponentInfo* c = component(name);
+  return c ? c->dir : std::filesystem::path();
+}
+
+const ComponentInfo& ModelInfo::require(const std::string& name) const {
+  const ComponentInfo* c = component(name);
+  if (!c) throw FormatError(path.string() + ": model_index.json has no '" + name + "' component");
+  return *c;
+}
+
 void detect_from_config(const std::string& cls, const nlohmann::json& cfg, std::string& family, std::string& variant) {
   const int layers = get_or<int>(cfg, "num_layers", 0);
   if (cls == "SD3Transformer2DModel") {

@@ -31,6 +31,10 @@ struct ModelInfo {
   std::string pipeline_class;
   std::vector<ComponentInfo> components;
   const ComponentInfo* component(const std::string& name) const;
+  // The component's folder, or an empty path when model_index.json does not name it.
+  std::filesystem::path component_dir(const std::string& name) const;
+  // The component, or a FormatError "<model>: model_index.json has no '<name>' component".
+  const ComponentInfo& require(const std::string& name) const;
 };
 
 // Throws FileError (missing path, folder without model_index.json/config.json/weights) or FormatError

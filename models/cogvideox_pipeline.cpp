@@ -49,20 +49,15 @@ CogVideoXPipeline::CogVideoXPipeline(const GenerateRequest& r, const ModelInfo& 
       dtype_(r.dtype.empty() ? (device_.is_cuda() ? at::kBFloat16 : at::kFloat) : parse_dtype(r.dtype)) {
   if (m.kind != ModelKind::PipelineFolder)
     throw UsageError("--model " + r.model + ": CogVideoX needs the diffusers pipeline folder (with model_index.json)");
-  auto dir = [&](const char* name) {
-    const ComponentInfo* c = m.component(name);
-    if (!c) throw FormatError(r.model + ": model_index.json has no '" + name + "' component");
-    return c;
-  };
-  const ComponentInfo* sched = dir("scheduler");
-  scheduler_config_ = sched->config.is_object() ? sched->config : nlohmann::json::object();
-  if (sched->class_name == "CogVideoXDPMScheduler") default_sampler_ = "dpm";
-  else if (sched->class_name != "CogVideoXDDIMScheduler")
-    throw FormatError(r.model + ": scheduler " + sched->class_name + " is not a CogVideoX scheduler");
-  t5_dir_ = r.t5.empty() ? dir("text_encoder")->dir : fs::path(r.t5);
-  tok_ = T5Tokenizer::load(r.tokenizer_dir.empty() ? dir("tokenizer")->dir : fs::path(r.tokenizer_dir));
-  transformer_ = CogVideoXTransformer::load(dir("transformer")->dir, device_, dtype_);
-  vae_ = AutoencoderKLCogVideoX::load(dir("vae")->dir, device_, dtype_);
+  const ComponentInfo& sched = m.require("scheduler");
+  scheduler_config_ = sched.config.is_object() ? sched.config : nlohmann::json::object();
+  if (sched.class_name == "CogVideoXDPMScheduler") default_sampler_ = "dpm";
+  else if (sched.class_name != "CogVideoXDDIMScheduler")
+    throw FormatError(r.model + ": scheduler " + sched.class_name + " is not a CogVideoX scheduler");
+  t5_dir_ = r.t5.empty() ? m.require("text_encoder").dir : fs::path(r.t5);
+  tok_ = T5Tokenizer::load(r.tokenizer_dir.empty() ? m.require("tokenizer").dir : fs::path(r.tokenizer_dir));
+  transformer_ = CogVideoXTransformer::load(m.require("transformer").dir, device_, dtype_);
+  vae_ = AutoencoderKLCogVideoX::load(m.require("vae").dir, device_, dtype_);
 }
 
 void CogVideoXPipeline::resolve(GenerateRequest& r) const {

@@ -60,21 +60,14 @@ bool has_prefix(const WeightStore& st, const std::string& prefix) {
 
 Sources find_sources(const GenerateRequest& r, const ModelInfo& m) {
   Sources s;
-  auto comp = [&](const char* name) -> fs::path {
-    const ComponentInfo* c = m.component(name);
-    return c ? c->dir : fs::path();
-  };
   if (m.kind == ModelKind::PipelineFolder) {
-    s.transformer_dir = comp("transformer");
-    s.vae = comp("vae");
-    s.clip_l = comp("text_encoder");
-    s.t5 = comp("text_encoder_2");
-    s.tok_l = comp("tokenizer");
-    s.tok_t5 = comp("tokenizer_2");
+    s.transformer_dir = m.require("transformer").dir;
+    s.vae = m.require("vae").dir;
+    s.clip_l = m.require("text_encoder").dir;
+    s.t5 = m.require("text_encoder_2").dir;
+    s.tok_l = m.require("tokenizer").dir;
+    s.tok_t5 = m.require("tokenizer_2").dir;
     if (const ComponentInfo* sc = m.component("scheduler")) s.scheduler_config = sc->config;
-    for (auto [p, what] : {std::pair{&s.transformer_dir, "transformer"}, {&s.vae, "vae"}, {&s.clip_l, "text_encoder"},
-                           {&s.t5, "text_encoder_2"}, {&s.tok_l, "tokenizer"}, {&s.tok_t5, "tokenizer_2"}})
-      if (p->empty()) throw FormatError(r.model + ": model_index.json has no '" + what + "' component");
   } else if (m.kind == ModelKind::SingleFile) {
     s.single_file = WeightStore::open(r.model);
   } else {

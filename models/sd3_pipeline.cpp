@@ -71,24 +71,16 @@ at::ScalarType pick_dtype(const GenerateRequest& r, const at::Device& d) {
 
 Sources find_sources(const GenerateRequest& r, const ModelInfo& m) {
   Sources s;
-  auto comp = [&](const char* name) -> fs::path {
-    const ComponentInfo* c = m.component(name);
-    return c ? c->dir : fs::path();
-  };
   if (m.kind == ModelKind::PipelineFolder) {
-    s.transformer_dir = comp("transformer");
-    s.vae_dir = comp("vae");
-    s.clip_l = comp("text_encoder");
-    s.clip_g = comp("text_encoder_2");
-    s.t5 = comp("text_encoder_3");
-    s.tok_l = comp("tokenizer");
-    s.tok_g = comp("tokenizer_2");
-    s.tok_t5 = comp("tokenizer_3");
+    s.transformer_dir = m.require("transformer").dir;
+    s.vae_dir = m.require("vae").dir;
+    s.clip_l = m.require("text_encoder").dir;
+    s.clip_g = m.require("text_encoder_2").dir;
+    s.t5 = m.component_dir("text_encoder_3");  // optional: without it, zeros (as diffusers)
+    s.tok_l = m.require("tokenizer").dir;
+    s.tok_g = m.require("tokenizer_2").dir;
+    s.tok_t5 = m.component_dir("tokenizer_3");
     if (const ComponentInfo* sc = m.component("scheduler")) s.scheduler_config = sc->config;
-    for (auto [p, what] : {std::pair{&s.transformer_dir, "transformer"}, {&s.vae_dir, "vae"},
-                           {&s.clip_l, "text_encoder"}, {&s.clip_g, "text_encoder_2"}, {&s.tok_l, "tokenizer"},
-                           {&s.tok_g, "tokenizer_2"}})
-      if (p->empty()) throw FormatError(r.model + ": model_index.json has no '" + what + "' component");
   } else if (m.kind == ModelKind::SingleFile) {
     s.single_file = WeightStore::open(r.model);
     s.scheduler_config = {{"num_train_timesteps", 1000}, {"shift", 3.0}};  // SD3/SD3.5 scheduler config
