@@ -5,8 +5,10 @@ transformers classes, and saves it with save_pretrained (tokenizers made by the 
     train.py OUT [--data DIR | --n 20000] [--device cuda] [--vae-steps N] [--dit-steps N] [--batch B] [--seed S]
     train.py OUT --smoke                     # a few CPU iterations end to end, then load + generate one image
     train.py OUT --eval-only --eval 100      # generate held-out captions x 2 seeds with OUT and score them
+    train.py OUT --resume DIR --vae-steps 0 --lr-schedule time --time-budget S   # continue a saved pipeline's DiT
+    train.py OUT --resume DIR --decoder-only --vae-steps N --dit-steps 0         # fine-tune its VAE decoder only
 
-Stages (seeded): 1. AutoencoderKL (16 latent channels, 8x downsampling), L1 + MSE reconstruction + a small
+Stages (seeded): 1. AutoencoderKL (16 latent channels, 4x downsampling by default: --vae-channels), L1 + MSE reconstruction + a small
 KL term; its scaling_factor/shift_factor are then set from the latents' statistics. 2. With the VAE frozen,
 SD3Transformer2DModel and the two CLIP text encoders (CLIPTextModelWithProjection) trained jointly with the
 flow-matching loss as diffusers' examples/dreambooth/train_dreambooth_sd3.py computes it: timesteps drawn
@@ -19,10 +21,11 @@ With --merge-t5 (the default) training feeds those 256 zeros as one token with +
 the same computation at about a third of the sequence length (MergedT5AttnProcessor); inference is unchanged.
 Weights are saved in float16 by default (--save-dtype) to stay well under 20 MB.
 
-Measured on an H200 (2026-11-27, defaults, batch 128, 64x64): VAE 2000 steps in 66 s (loss 0.34 -> 0.039);
-DiT about 11.5 steps/s (loss 2.39 -> 0.50 by step 4200, flat after ~3000). The default 3000 + 8000 steps is
-about 4.5 + 11.5 minutes: over one 10-minute device command, so a run needs --dit-steps 4000 or less, or
-saving along the way. That first run was cut by its time limit before anything was saved.
+How the committed demo model was trained (three stages, the step counts, the device minutes, what each
+training round scored) is in docs/SHAPES.md; scripts/shapes/reproduce.sh replays it and gpu_train.sh runs
+several configurations at once on the GPU box. --time-budget / --vae-time-budget end a stage after so many
+seconds (the step reached is logged and saved in shapes_world.json; --stop-after N for the DiT, --vae-steps N
+for the VAE then reproduce the cut).
 """
 import argparse
 import json
