@@ -51,6 +51,30 @@ at::Device parse_device(const std::string& s, const std::string& flag) {
   return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
 }
 
+at::ScalarType pick_dtype(const std::string& dtype, const at::Device& device) {
+  if (!dtype.empty()) return parse_dtype(dtype);
+  return device.is_cuda() ? at::kBFloat16 : at::kFloat;
+}
+
+std::vector<Image> images_from_u8(const at::Tensor& nhwc) {
+  const at::Tensor u8 = nhwc.contiguous().cpu();
+  std::vector<Image> out;
+  for (int64_t b = 0; b < u8.size(0); ++b) {
+    Image img;
+    img.height = int(u8.size(1));
+    img.width = int(u8.size(2));
+    img.channels = int(u8.size(3));
+    const uint8_t* p = u8[b].data_ptr<uint8_t>();
+    img.pixels.assign(p, p + u8[b].numel());
+    out.push_back(std::move(img));
+  }
+  return out;
+}
+
+std::vector<Image> to_images(const at::Tensor& nchw) {
+  return images_from_u8((nchw.to(at::kFloat) / 2 + 0.5).clamp(0, 1).mul(255).round().to(at::kByte).permute({0, 2, 3, 1}));
+}
+
 at::ScalarType parse_dtype(const std::string& s, const std::string& flag) {
   if (s == "f32" || s == "float32" || s == "fp32") return at::kFloat;
   if (s == "f16" || s == "float16" || s == "fp16") return at::kHalf;

@@ -1,9 +1,11 @@
 // Small LibTorch helpers shared by every model: dtype/device parsing and conversion.
 #pragma once
 #include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 
+#include "core/image_io.h"
 #include "core/safetensors_header.h"
 
 namespace mmdit {
@@ -16,6 +18,14 @@ at::Device parse_device(const std::string& s, const std::string& flag = "--devic
 // "f32", "f16", "bf16" (and the long spellings float32/float16/bfloat16).
 at::ScalarType parse_dtype(const std::string& s, const std::string& flag = "--dtype");
 const char* short_dtype_name(at::ScalarType t);
+// --dtype if given, else the default for the device: bf16 on CUDA, f32 on CPU.
+at::ScalarType pick_dtype(const std::string& dtype, const at::Device& device);
+
+// uint8 [N, H, W, C] -> N Images (on the CPU).
+std::vector<Image> images_from_u8(const at::Tensor& nhwc);
+// diffusers' VaeImageProcessor.postprocess + numpy_to_pil: float [N, C, H, W] in [-1, 1] ->
+// (x / 2 + 0.5).clamp(0, 1) * 255, rounded, in float32.
+std::vector<Image> to_images(const at::Tensor& nchw);
 // "[2, 16, 64, 64]", for messages about shapes.
 std::string shape_string(at::IntArrayRef shape);
 

@@ -46,7 +46,7 @@ class CogVideoXPipeline : public Pipeline {
 CogVideoXPipeline::CogVideoXPipeline(const GenerateRequest& r, const ModelInfo& m)
     : name_(m.variant.empty() ? "cogvideox" : m.variant),
       device_(parse_device(r.device)),
-      dtype_(r.dtype.empty() ? (device_.is_cuda() ? at::kBFloat16 : at::kFloat) : parse_dtype(r.dtype)) {
+      dtype_(pick_dtype(r.dtype, device_)) {
   if (m.kind != ModelKind::PipelineFolder)
     throw UsageError("--model " + r.model + ": CogVideoX needs the diffusers pipeline folder (with model_index.json)");
   const ComponentInfo& sched = m.require("scheduler");
@@ -151,18 +151,9 @@ std::vector<Video> CogVideoXPipeline::generate_video(const GenerateRequest& r, c
   at::Tensor video = vae_->decode(latents, r.vae_tiling ? &tiling : nullptr);  // [1, C, F, H, W]
   // VideoProcessor.postprocess_video(output_type="np"), then x 255 rounded.
   at::Tensor u8 = (video / 2 + 0.5).clamp(0, 1).to(at::kFloat).mul(255).round().to(at::kByte);
-  u8 = u8[0].permute({1, 2, 3, 0}).contiguous().cpu();  // [F, H, W, C]
   Video out;
   out.fps = r.fps;
-  for (int64_t f = 0; f < u8.size(0); ++f) {
-    Image img;
-    img.height = int(u8.size(1));
-    img.width = int(u8.size(2));
-    img.channels = int(u8.size(3));
-    const uint8_t* p = u8[f].data_ptr<uint8_t>();
-    img.pixels.assign(p, p + u8[f].numel());
-    out.frames.push_back(std::move(img));
-  }
+  out.frames = images_from_u8(u8[0].permute({1, 2, 3, 0}));  // [F, H, W, C]
   return {out};
 }
 

@@ -398,15 +398,7 @@ std::shared_ptr<CogVideoXTransformer> CogVideoXTransformer::load(const std::file
   const auto j = read_json_object(dir / "config.json");
   auto config = CogVideoXTransformerConfig::from_json(j);
   auto store = WeightStore::open(dir);
-  std::shared_ptr<CogVideoXTransformer> model;
-  {
-    nn::ParamDtypeGuard guard(dtype);
-    model = std::make_shared<CogVideoXTransformer>(config);
-  }
-  load_module(*model, store);
-  model->to(device);
-  model->eval();
-  return model;
+  return nn::build_model<CogVideoXTransformer>(config, device, dtype, [&](CogVideoXTransformer& m) { load_module(m, store); });
 }
 
 }  // namespace mmdit

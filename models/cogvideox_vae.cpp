@@ -418,15 +418,7 @@ std::shared_ptr<AutoencoderKLCogVideoX> AutoencoderKLCogVideoX::load(const std::
   const auto j = read_json_object(dir / "config.json");
   auto config = CogVideoXVaeConfig::from_json(j);
   auto store = WeightStore::open(dir);
-  std::shared_ptr<AutoencoderKLCogVideoX> model;
-  {
-    nn::ParamDtypeGuard guard(dtype);
-    model = std::make_shared<AutoencoderKLCogVideoX>(config);
-  }
-  load_module(*model, store);
-  model->to(device);
-  model->eval();
-  return model;
+  return nn::build_model<AutoencoderKLCogVideoX>(config, device, dtype, [&](AutoencoderKLCogVideoX& m) { load_module(m, store); });
 }
 
 }  // namespace mmdit

@@ -103,38 +103,17 @@ Sources find_sources(const GenerateRequest& r, const ModelInfo& m) {
   return s;
 }
 
-at::ScalarType pick_dtype(const GenerateRequest& r, const at::Device& d) {
-  if (!r.dtype.empty()) return parse_dtype(r.dtype);
-  return d.is_cuda() ? at::kBFloat16 : at::kFloat;
-}
-
 template <typename Model, typename Config>
 std::shared_ptr<Model> load_encoder(const fs::path& path, const Config& builtin, const at::Device& dev, at::ScalarType dtype) {
   if (fs::is_directory(path)) return Model::load(path, dev, dtype);
   return Model::load(WeightStore::open(path), builtin, dev, dtype);
 }
 
-// diffusers' VaeImageProcessor.postprocess + numpy_to_pil: (x / 2 + 0.5).clamp(0, 1) * 255, rounded.
-std::vector<Image> to_images(const at::Tensor& x) {
-  at::Tensor u8 = (x.to(at::kFloat) / 2 + 0.5).clamp(0, 1).mul(255).round().to(at::kByte).permute({0, 2, 3, 1}).contiguous().cpu();
-  std::vector<Image> out;
-  for (int64_t b = 0; b < u8.size(0); ++b) {
-    Image img;
-    img.height = int(u8.size(1));
-    img.width = int(u8.size(2));
-    img.channels = int(u8.size(3));
-    const uint8_t* p = u8[b].data_ptr<uint8_t>();
-    img.pixels.assign(p, p + u8[b].numel());
-    out.push_back(std::move(img));
-  }
-  return out;
-}
-
 class FluxPipelineImpl : public Pipeline {
  public:
   FluxPipelineImpl(const GenerateRequest& r, const ModelInfo& m)
       : src_(find_sources(r, m)), name_(m.variant.empty() ? "flux" : m.variant), device_(parse_device(r.device)),
-        dtype_(pick_dtype(r, device_)) {
+        dtype_(pick_dtype(r.dtype, device_)) {
     tok_l_ = ClipTokenizer::load(src_.tok_l);
     tok_t5_ = T5Tokenizer::load(src_.tok_t5);
     if (src_.single_file) {

@@ -334,19 +334,6 @@ at::Tensor flux_text_ids(int64_t tokens, const at::TensorOptions& options) { ret
 
 namespace {
 
-template <class Load>
-std::shared_ptr<FluxTransformer> build(const FluxTransformerConfig& config, at::Device device, at::ScalarType dtype, Load&& load) {
-  std::shared_ptr<FluxTransformer> model;
-  {
-    nn::ParamDtypeGuard guard(dtype);
-    model = std::make_shared<FluxTransformer>(config);
-  }
-  load(*model);
-  model->to(device);
-  model->eval();
-  return model;
-}
-
 const char* kBflPrefix = "model.diffusion_model.";
 
 WeightStore bfl_view(const WeightStore& store) {
@@ -361,7 +348,7 @@ std::shared_ptr<FluxTransformer> FluxTransformer::load(const std::filesystem::pa
                                                        at::ScalarType dtype) {
   auto config = FluxTransformerConfig::from_json(read_json_object(component_dir / "config.json"));
   auto store = WeightStore::open(component_dir);
-  return build(config, device, dtype, [&](FluxTransformer& m) { load_module(m, store); });
+  return nn::build_model<FluxTransformer>(config, device, dtype, [&](FluxTransformer& m) { load_module(m, store); });
 }
 
 std::vector<RenameRule> flux_single_file_rules(int64_t inner_dim, int64_t mlp_hidden_dim) {
@@ -452,7 +439,7 @@ std::shared_ptr<FluxTransformer> load_flux_single_file(const WeightStore& store,
                                                        at::Device device, at::ScalarType dtype) {
   // Whole-pipeline files (ComfyUI) also hold the VAE and text encoders: keep only the diffusion model.
   TensorMap tensors = convert_weights(bfl_view(store), flux_single_file_rules(config.inner_dim(), 4 * config.inner_dim()));
-  return build(config, device, dtype, [&](FluxTransformer& m) { load_module(m, tensors); });
+  return nn::build_model<FluxTransformer>(config, device, dtype, [&](FluxTransformer& m) { load_module(m, tensors); });
 }
 
 }  // namespace mmdit

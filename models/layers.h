@@ -24,6 +24,21 @@ struct ParamDtypeGuard {
 };
 inline at::Tensor empty_param(at::IntArrayRef shape) { return at::empty(shape, at::TensorOptions().dtype(param_dtype())); }
 
+// Constructs Model(config) with `dtype` parameters, fills them with `load(model)`, then moves the model to
+// `device` in eval mode: the one way every network is built from a checkpoint.
+template <class Model, class Config, class Load>
+std::shared_ptr<Model> build_model(const Config& config, at::Device device, at::ScalarType dtype, Load&& load) {
+  std::shared_ptr<Model> model;
+  {
+    ParamDtypeGuard guard(dtype);
+    model = std::make_shared<Model>(config);
+  }
+  load(*model);
+  model->to(device);
+  model->eval();
+  return model;
+}
+
 inline std::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }

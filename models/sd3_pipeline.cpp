@@ -64,11 +64,6 @@ class Sd3Pipeline : public Pipeline {
   std::map<std::pair<std::string, int>, Encoding> cache_;  // (prompt, T5 length) -> encoding
 };
 
-at::ScalarType pick_dtype(const GenerateRequest& r, const at::Device& d) {
-  if (!r.dtype.empty()) return parse_dtype(r.dtype);
-  return d.is_cuda() ? at::kBFloat16 : at::kFloat;
-}
-
 Sources find_sources(const GenerateRequest& r, const ModelInfo& m) {
   Sources s;
   if (m.kind == ModelKind::PipelineFolder) {
@@ -139,7 +134,7 @@ Sd3Pipeline::Sd3Pipeline(const GenerateRequest& r, const ModelInfo& m)
     : src_(find_sources(r, m)),
       name_(m.variant.empty() ? "sd3" : m.variant),
       device_(parse_device(r.device)),
-      dtype_(pick_dtype(r, device_)) {
+      dtype_(pick_dtype(r.dtype, device_)) {
   tok_l_ = ClipTokenizer::load(src_.tok_l);
   tok_g_ = ClipTokenizer::load(src_.tok_g);
   if (!src_.t5_absent) {
@@ -229,22 +224,6 @@ void Sd3Pipeline::resolve(GenerateRequest& r) const {
                        std::to_string(cfg.num_layers) + ")");
   if (r.slg_start > r.slg_stop) throw UsageError("--slg-start must not exceed --slg-stop");
   if (r.dtype.empty()) r.dtype = short_dtype_name(dtype_);
-}
-
-// diffusers' VaeImageProcessor.postprocess + numpy_to_pil: (x / 2 + 0.5).clamp(0, 1) * 255, rounded.
-std::vector<Image> to_images(const at::Tensor& x) {
-  at::Tensor u8 = (x.to(at::kFloat) / 2 + 0.5).clamp(0, 1).mul(255).round().to(at::kByte).permute({0, 2, 3, 1}).contiguous().cpu();
-  std::vector<Image> out;
-  for (int64_t b = 0; b < u8.size(0); ++b) {
-    Image img;
-    img.height = int(u8.size(1));
-    img.width = int(u8.size(2));
-    img.channels = int(u8.size(3));
-    const uint8_t* p = u8[b].data_ptr<uint8_t>();
-    img.pixels.assign(p, p + u8[b].numel());
-    out.push_back(std::move(img));
-  }
-  return out;
 }
 
 std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::function<void(int, int)>& step) {

@@ -274,28 +274,11 @@ at::Tensor SD3Transformer::forward(const at::Tensor& hidden_states, const at::Te
   return x.reshape({batch, c.out_channels, H, W});
 }
 
-namespace {
-
-template <class Load>
-std::shared_ptr<SD3Transformer> build(const SD3TransformerConfig& config, at::Device device, at::ScalarType dtype, Load&& load) {
-  std::shared_ptr<SD3Transformer> model;
-  {
-    nn::ParamDtypeGuard guard(dtype);
-    model = std::make_shared<SD3Transformer>(config);
-  }
-  load(*model);
-  model->to(device);
-  model->eval();
-  return model;
-}
-
-}  // namespace
-
 std::shared_ptr<SD3Transformer> SD3Transformer::load(const std::filesystem::path& component_dir, at::Device device,
                                                      at::ScalarType dtype) {
   auto config = SD3TransformerConfig::from_json(read_json_object(component_dir / "config.json"));
   auto store = WeightStore::open(component_dir);
-  return build(config, device, dtype, [&](SD3Transformer& m) { load_module(m, store); });
+  return nn::build_model<SD3Transformer>(config, device, dtype, [&](SD3Transformer& m) { load_module(m, store); });
 }
 
 // --- SAI single-file layout -----------------------------------------------------------------------
@@ -403,7 +386,7 @@ std::shared_ptr<SD3Transformer> load_sd3_single_file(const WeightStore& store, c
                                                      at::Device device, at::ScalarType dtype) {
   // Whole-pipeline files also hold the VAE and text encoders; sai_view keeps only the diffusion model.
   TensorMap tensors = convert_weights(sai_view(store), sd3_single_file_rules(config.num_layers));
-  return build(config, device, dtype, [&](SD3Transformer& m) { load_module(m, tensors); });
+  return nn::build_model<SD3Transformer>(config, device, dtype, [&](SD3Transformer& m) { load_module(m, tensors); });
 }
 
 }  // namespace mmdit

@@ -271,19 +271,6 @@ at::Tensor AutoencoderKL::encode_latents(const at::Tensor& image) {
 
 namespace {
 
-std::shared_ptr<AutoencoderKL> build(const VaeConfig& config, at::Device device, at::ScalarType dtype,
-                                     const std::function<void(AutoencoderKL&)>& load) {
-  std::shared_ptr<AutoencoderKL> model;
-  {
-    nn::ParamDtypeGuard guard(dtype);
-    model = std::make_shared<AutoencoderKL>(config);
-  }
-  load(*model);
-  model->to(device);
-  model->eval();
-  return model;
-}
-
 const char* kLdmPrefixes[] = {"first_stage_model.", "vae."};
 
 WeightStore ldm_view(const WeightStore& store) {
@@ -300,7 +287,7 @@ std::shared_ptr<AutoencoderKL> AutoencoderKL::load(const std::filesystem::path& 
   const auto j = read_json_object(component_dir / "config.json");
   auto config = VaeConfig::from_json(j);
   auto store = WeightStore::open(component_dir);
-  return build(config, device, dtype, [&](AutoencoderKL& m) { load_module(m, store); });
+  return nn::build_model<AutoencoderKL>(config, device, dtype, [&](AutoencoderKL& m) { load_module(m, store); });
 }
 
 std::vector<RenameRule> ldm_vae_rules(int64_t num_blocks) {
@@ -365,7 +352,7 @@ VaeConfig infer_vae_config(const WeightStore& full, int64_t norm_num_groups) {
 std::shared_ptr<AutoencoderKL> load_vae_single_file(const WeightStore& store, const VaeConfig& config, at::Device device,
                                                     at::ScalarType dtype) {
   TensorMap tensors = convert_weights(ldm_view(store), ldm_vae_rules(int64_t(config.block_out_channels.size())));
-  return build(config, device, dtype, [&](AutoencoderKL& m) { load_module(m, tensors); });
+  return nn::build_model<AutoencoderKL>(config, device, dtype, [&](AutoencoderKL& m) { load_module(m, tensors); });
 }
 
 }  // namespace mmdit

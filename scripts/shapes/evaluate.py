@@ -32,7 +32,7 @@ import world  # noqa: E402
 
 
 def heldout_captions(n, seed=0):
-    rng = random.Random(f"heldout:eval:{seed}")  # as train.py evaluate()
+    rng = random.Random(f"heldout:eval:{seed}")  # also train.py --eval's list
     return [world.caption(world.sample_scene(rng, "heldout")) for _ in range(n)]
 
 

@@ -314,8 +314,8 @@ def evaluate(out, a, dev):
     pipe = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None,
                                                     torch_dtype=torch.float32).to(dev)
     pipe.set_progress_bar_config(disable=True)
-    rng = random.Random(f"heldout:eval:{a.seed}")
-    caps = [world.caption(world.sample_scene(rng, "heldout")) for _ in range(a.eval)]
+    from evaluate import heldout_captions, image_seed
+    caps = heldout_captions(a.eval, a.seed)
     results = []
     edir = pathlib.Path(out) / "eval"
     edir.mkdir(exist_ok=True)
@@ -323,7 +323,7 @@ def evaluate(out, a, dev):
         for i in range(0, len(caps), 32):
             batch = caps[i:i + 32]
             imgs = pipe(batch, height=a.size, width=a.size, num_inference_steps=a.eval_steps, guidance_scale=a.cfg,
-                        generator=[torch.Generator().manual_seed(seed * 100000 + i + j) for j in range(len(batch))]).images
+                        generator=[torch.Generator().manual_seed(image_seed(seed, i + j)) for j in range(len(batch))]).images
             for j, (c, im) in enumerate(zip(batch, imgs)):
                 im.save(edir / f"{i + j:04d}_s{seed}.png")
                 r = checker.score(im, c)
