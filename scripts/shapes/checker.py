@@ -223,7 +223,12 @@ def summarize(results):
             "position": frac(pos),
             "size": frac([o["size"] for o in objs]),
             "background": frac([r["background"] for r in results]),
-            "extra_objects_per_image": round(sum(r["extra_objects"] for r in results) / max(len(results), 1), 4)}
+            "extra_objects_per_image": round(sum(r["extra_objects"] for r in results) / max(len(results), 1), 4),
+            # colour+shape by the wanted shape and size: where a model's misses are
+            "by_shape": {f"{size} {shape}": frac([o["colour_shape"] for o in objs
+                                                  if o["want"]["shape"] == shape and o["want"]["size"] == size])
+                         for shape in sorted({o["want"]["shape"] for o in objs})
+                         for size in sorted({o["want"]["size"] for o in objs})}}
 
 
 def score_dir(images_dir, captions):

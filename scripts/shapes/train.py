@@ -66,7 +66,7 @@ def load_data(a):
             imgs = np.stack([np.asarray(Image.open(d / "images" / r["file"]).convert("RGB")) for r in rows])
         return imgs, [r["caption"] for r in rows]
     rng = random.Random(f"train:{a.seed}")
-    scenes = [world.sample_scene(rng, "train") for _ in range(a.n)]
+    scenes = [world.sample_scene(rng, "train") for _ in range(a.n)]  # drawn in order: a larger --n extends a smaller
     return np.stack([np.asarray(world.render(s, a.size)) for s in scenes]), [world.caption(s) for s in scenes]
 
 
@@ -97,17 +97,28 @@ def build(a, captions, tmp):
         return CLIPTextModelWithProjection(cfg)
 
     te1, te2 = clip("quick_gelu"), clip("gelu")
+    if a.vae_from:  # a new DiT and text encoders on an already trained VAE (its latent statistics included)
+        return tok_l, tok_g, te1, te2, new_transformer(a, len(a.vae_channels.split(","))), \
+            AutoencoderKL.from_pretrained(pathlib.Path(a.vae_from) / "vae", torch_dtype=torch.float32)
     # Head size 64 and 32 VAE norm groups, as in every real SD3 (single-file loading assumes them).
     vc = tuple(int(c) for c in a.vae_channels.split(","))  # n blocks: 2^(n-1) downsampling
-    transformer = SD3Transformer2DModel(sample_size=a.size // 2 ** (len(vc) - 1), patch_size=2, in_channels=16, out_channels=16,
-                                        num_layers=a.layers, attention_head_dim=64, num_attention_heads=a.heads,
-                                        joint_attention_dim=2 * a.clip_dim, caption_projection_dim=64 * a.heads,
-                                        pooled_projection_dim=2 * a.clip_dim, pos_embed_max_size=32)
+    transformer = new_transformer(a, len(vc))
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
                         down_block_types=("DownEncoderBlock2D",) * len(vc), up_block_types=("UpDecoderBlock2D",) * len(vc),
                         block_out_channels=vc, layers_per_block=1, norm_num_groups=32,
                         scaling_factor=1.0, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False)
     return tok_l, tok_g, te1, te2, transformer, vae
+
+
+def new_transformer(a, vae_blocks):
+    """SD3Transformer2DModel for 16-channel latents of a VAE with vae_blocks blocks (2^(n-1) downsampling).
+    --patch-size 1 gives one token per latent pixel (4x4 image pixels at the 4x VAE): 4x the tokens of patch 2,
+    the same parameters apart from the patch embedding and the output projection."""
+    from diffusers import SD3Transformer2DModel
+    return SD3Transformer2DModel(sample_size=a.size // 2 ** (vae_blocks - 1), patch_size=a.patch_size, in_channels=16,
+                                 out_channels=16, num_layers=a.layers, attention_head_dim=64, num_attention_heads=a.heads,
+                                 joint_attention_dim=2 * a.clip_dim, caption_projection_dim=64 * a.heads,
+                                 pooled_projection_dim=2 * a.clip_dim, pos_embed_max_size=32)
 
 
 def to_tensor(imgs, idx, device):
@@ -227,7 +238,11 @@ def train_dit(parts, imgs, caps, a, dev, gen):
     # tokenizers give, without tokenizer calls in the loop.
     ids_l, ids_g = (tokenize(t, list(caps) + [""]) for t in (tok_l, tok_g))
     params = list(transformer.parameters()) + list(te1.parameters()) + list(te2.parameters())
-    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-4)
+    fused = dict(fused=True) if dev.type == "cuda" else {}  # one kernel for the whole update, not one per tensor
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-4, **fused)
+    # Noise comes from a seeded generator on the training device: no host draws and copies of two batches of
+    # latents per step.
+    gen_dev = gen if dev.type == "cpu" else torch.Generator(dev).manual_seed(a.seed)
     t0 = time.time()
 
     def lr_at(s):  # linear warm-up, then cosine from --lr down to --lr-floor x --lr over the steps, or the time budget
@@ -247,9 +262,9 @@ def train_dit(parts, imgs, caps, a, dev, gen):
         drop = torch.rand((a.batch,), generator=gen) < a.drop
         cap_idx = torch.where(drop, len(caps), idx)
         i_dev = idx.to(dev)
-        x0 = mean[i_dev] + std[i_dev] * torch.randn(mean[i_dev].shape, generator=gen).to(dev)
+        x0 = mean[i_dev] + std[i_dev] * torch.randn(mean[i_dev].shape, generator=gen_dev, device=dev)
         x0 = (x0 - cfg.shift_factor) * cfg.scaling_factor
-        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        noise = torch.randn(x0.shape, generator=gen_dev, device=dev)
         u = compute_density_for_timestep_sampling(a.weighting, a.batch, logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
                                                   generator=gen)
         ti = (u * sched.config.num_train_timesteps).long().clamp(max=len(timesteps_all) - 1).to(dev)
@@ -301,7 +316,7 @@ def save(parts, out, a, tmp):
         "vae_channels": a.vae_channels, "dit_steps": a.dit_steps, "lr_schedule": a.lr_schedule, "lr_floor": a.lr_floor, "resume": a.resume,
         "decoder_only": a.decoder_only, "time_budget": a.time_budget,
         "dit_steps_done": getattr(a, "dit_steps_done", a.dit_steps), "batch": a.batch, "lr": a.lr, "layers": a.layers,
-        "heads": a.heads, "clip_dim": a.clip_dim, "n": a.n, "train_seconds": round(time.time() - a.t0),
+        "heads": a.heads, "patch_size": a.patch_size, "vae_from": a.vae_from, "clip_dim": a.clip_dim, "n": a.n, "train_seconds": round(time.time() - a.t0),
         "heldout_pairs": world.HELDOUT_PAIRS, "heldout_triples": world.HELDOUT_TRIPLES}, indent=1))
     mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2 ** 20
     log(f"saved {out} ({mb:.2f} MB)")
@@ -365,6 +380,8 @@ def main(argv=None):
     ap.add_argument("--merge-t5", action=argparse.BooleanOptionalAction, default=True,
                     help="train with the 256 zero T5 tokens as one token + log(256) attention bias (exact, faster)")
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--patch-size", type=int, default=2, help="the transformer's patch size (1: a token per latent pixel)")
+    ap.add_argument("--vae-from", help="train a new DiT and text encoders on this saved pipeline's VAE (no VAE stage)")
     ap.add_argument("--heads", type=int, default=3)
     ap.add_argument("--clip-dim", type=int, default=64)
     ap.add_argument("--save-dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
@@ -383,7 +400,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.smoke:
         a.n, a.batch, a.vae_batch, a.vae_steps, a.dit_steps, a.warmup, a.device = 64, 4, 4, 3, 3, 1, "cpu"
+    if a.vae_from:
+        a.vae_steps = 0
     torch.manual_seed(a.seed)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # the float32 parts (VAE) on GPU
     dev = torch.device(a.device)
     if not a.eval_only:
         t0 = a.t0 = time.time()
