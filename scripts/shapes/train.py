@@ -236,12 +236,13 @@ def train_dit(parts, imgs, caps, a, dev, gen):
         std = torch.cat([s.std for s in stats])
     # Every caption tokenized once (row len(caps) is "", the dropped caption): the same ids the pipeline's
     # tokenizers give, without tokenizer calls in the loop.
-    ids_l, ids_g = (tokenize(t, list(caps) + [""]) for t in (tok_l, tok_g))
+    ids_l, ids_g = (tokenize(t, list(caps) + [""]).to(dev) for t in (tok_l, tok_g))
     params = list(transformer.parameters()) + list(te1.parameters()) + list(te2.parameters())
     fused = dict(fused=True) if dev.type == "cuda" else {}  # one kernel for the whole update, not one per tensor
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-4, **fused)
-    # Noise comes from a seeded generator on the training device: no host draws and copies of two batches of
-    # latents per step.
+    # Every random draw of a step (images, caption dropout, timesteps, noise) comes from one seeded generator on
+    # the training device, and the token ids live there: a step copies nothing from the host. (A copy from
+    # pageable host memory waits for the GPU to finish, so the CPU could not queue the next step meanwhile.)
     gen_dev = gen if dev.type == "cpu" else torch.Generator(dev).manual_seed(a.seed)
     t0 = time.time()
 
@@ -258,16 +259,15 @@ def train_dit(parts, imgs, caps, a, dev, gen):
     for step in range(a.dit_steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        idx = torch.randint(len(imgs), (a.batch,), generator=gen)
-        drop = torch.rand((a.batch,), generator=gen) < a.drop
+        idx = torch.randint(len(imgs), (a.batch,), generator=gen_dev, device=dev)
+        drop = torch.rand((a.batch,), generator=gen_dev, device=dev) < a.drop
         cap_idx = torch.where(drop, len(caps), idx)
-        i_dev = idx.to(dev)
-        x0 = mean[i_dev] + std[i_dev] * torch.randn(mean[i_dev].shape, generator=gen_dev, device=dev)
+        x0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen_dev, device=dev)
         x0 = (x0 - cfg.shift_factor) * cfg.scaling_factor
         noise = torch.randn(x0.shape, generator=gen_dev, device=dev)
         u = compute_density_for_timestep_sampling(a.weighting, a.batch, logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
-                                                  generator=gen)
-        ti = (u * sched.config.num_train_timesteps).long().clamp(max=len(timesteps_all) - 1).to(dev)
+                                                  device=dev, generator=gen_dev)
+        ti = (u * sched.config.num_train_timesteps).long().clamp(max=len(timesteps_all) - 1)
         timesteps, sigmas = timesteps_all[ti], sigmas_all[ti].view(-1, 1, 1, 1)
         xt = (1.0 - sigmas) * x0 + sigmas * noise
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
