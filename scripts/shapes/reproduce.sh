@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Trains the demo model demo/shapes-world from nothing, with the recipe and step counts it was made with
 # (docs/SHAPES.md), on one CUDA GPU with diffusers importable (on the GPU box: the wheel in .whl, see
-# gpu_train.sh), then scores it on held-out captions with diffusers. About 9 minutes on one H200.
+# gpu_train.sh), then scores it on held-out captions with diffusers. About 12 minutes on one H200 (estimated
+# from a replay that DIT_TIME_GUARD=385 cut short: docs/SHAPES.md).
 #   scripts/shapes/reproduce.sh OUT_DIR        -> OUT_DIR/shapes-world, OUT_DIR/*.log, OUT_DIR/shapes-world/eval
 # DIT_TIME_GUARD=S stops the DiT after S seconds even if its 3902 steps are not done (the device tool's
 # 10-minute limit per command); the step reached is logged and recorded in shapes_world.json.

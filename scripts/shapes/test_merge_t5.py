@@ -22,7 +22,8 @@ JOINT = 128
 
 def model(seed, **kw):
     torch.manual_seed(seed)
-    return SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=3,
+    kw.setdefault("patch_size", 2)
+    return SD3Transformer2DModel(sample_size=16, in_channels=16, out_channels=16, num_layers=3,
                                  attention_head_dim=64, num_attention_heads=3, joint_attention_dim=JOINT,
                                  caption_projection_dim=192, pooled_projection_dim=128, pos_embed_max_size=32, **kw)
 
@@ -53,7 +54,8 @@ def rel(a, b):
 def main():
     torch.set_num_threads(1)  # with 2 cores, OpenMP's per-operation overhead was ~7 ms and hid the compute
     ok = True
-    for name, m in (("train.py sizes", model(0)), ("qk_norm rms_norm", model(1, qk_norm="rms_norm"))):
+    for name, m in (("train.py sizes", model(0)), ("qk_norm rms_norm", model(1, qk_norm="rms_norm")),
+                    ("patch size 1 (the demo model's)", model(2, patch_size=1))):
         kw, clip = inputs(4, 2)
         ref, gref = run(m, kw, clip, MAX_T5_LEN, merged=False)
         out, gout = run(m, kw, clip, 1, merged=True)

@@ -7,6 +7,7 @@ transformers classes, and saves it with save_pretrained (tokenizers made by the 
     train.py OUT --eval-only --eval 100      # generate held-out captions x 2 seeds with OUT and score them
     train.py OUT --resume DIR --vae-steps 0 --lr-schedule time --time-budget S   # continue a saved pipeline's DiT
     train.py OUT --resume DIR --decoder-only --vae-steps N --dit-steps 0         # fine-tune its VAE decoder only
+    train.py OUT --vae-from DIR --patch-size 1 --batch 1024 --lr 2.5e-3 ...      # a new DiT on DIR's VAE (the demo's)
 
 Stages (seeded): 1. AutoencoderKL (16 latent channels, 4x downsampling by default: --vae-channels), L1 + MSE reconstruction + a small
 KL term; its scaling_factor/shift_factor are then set from the latents' statistics. 2. With the VAE frozen,
@@ -22,8 +23,8 @@ the same computation at about a third of the sequence length (MergedT5AttnProces
 Weights are saved in float16 by default (--save-dtype) to stay well under 20 MB.
 
 How the committed demo model was trained (three stages, the step counts, the device minutes, what each
-training round scored) is in docs/SHAPES.md; scripts/shapes/reproduce.sh replays it and gpu_train.sh runs
-several configurations at once on the GPU box. --time-budget / --vae-time-budget end a stage after so many
+training round scored) is in docs/SHAPES.md; scripts/shapes/reproduce.sh replays it and gpu_train.sh spreads
+configurations over the GPU box's GPUs. --time-budget / --vae-time-budget end a stage after so many
 seconds (the step reached is logged and saved in shapes_world.json; --stop-after N for the DiT, --vae-steps N
 for the VAE then reproduce the cut).
 """
