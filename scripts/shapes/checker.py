@@ -213,6 +213,12 @@ def score(img, text, seen=None):
     return res
 
 
+def shows(result):
+    """Whether a score() result says the image shows its caption: every object's colour and shape, and the
+    relation when there is one."""
+    return result["colour_shape"] and result.get("position", True)
+
+
 def summarize(results):
     objs = [o for r in results for o in r["objects"]]
     pos = [r["position"] for r in results if "position" in r]
@@ -267,7 +273,7 @@ def main(argv=None):
     elif a.cmd == "score-one":
         r = score(Image.open(a.image), a.caption)
         print(json.dumps({k: v for k, v in r.items() if k != "detected"}))
-        if not (r["colour_shape"] and r.get("position", True)):
+        if not shows(r):
             sys.exit(f"checker: {a.image} does not show {a.caption!r}")
     else:
         for p in a.images:

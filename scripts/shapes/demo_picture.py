@@ -47,8 +47,7 @@ def main(argv=None):
     grid = Image.new("RGB", (4 * side + 3 * GAP, 2 * side + GAP), (255, 255, 255))
     for i, p in enumerate(PROMPTS):
         img = Image.open(tmp / f"{i}.png")
-        ok = checker.score(img, p)
-        print(f"{'ok  ' if ok['colour_shape'] and ok.get('position', True) else 'MISS'} {p}")
+        print(f"{'ok  ' if checker.shows(checker.score(img, p)) else 'MISS'} {p}")
         grid.paste(img.resize((side, side), Image.NEAREST), ((i % 4) * (side + GAP), (i // 4) * (side + GAP)))
     grid.save(a.out)
     print(a.out)

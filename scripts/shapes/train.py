@@ -99,8 +99,9 @@ def build(a, captions, tmp):
 
     te1, te2 = clip("quick_gelu"), clip("gelu")
     if a.vae_from:  # a new DiT and text encoders on an already trained VAE (its latent statistics included)
-        return tok_l, tok_g, te1, te2, new_transformer(a, len(a.vae_channels.split(","))), \
-            AutoencoderKL.from_pretrained(pathlib.Path(a.vae_from) / "vae", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(pathlib.Path(a.vae_from) / "vae", torch_dtype=torch.float32)
+        a.vae_channels = ",".join(str(c) for c in vae.config.block_out_channels)  # as loaded, not --vae-channels
+        return tok_l, tok_g, te1, te2, new_transformer(a, len(vae.config.block_out_channels)), vae
     # Head size 64 and 32 VAE norm groups, as in every real SD3 (single-file loading assumes them).
     vc = tuple(int(c) for c in a.vae_channels.split(","))  # n blocks: 2^(n-1) downsampling
     transformer = new_transformer(a, len(vc))
@@ -227,6 +228,8 @@ def train_dit(parts, imgs, caps, a, dev, gen):
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
     tok_l, tok_g, te1, te2, transformer, vae = parts
+    if a.dit_steps == 0:  # a VAE-only run (reproduce.sh's VAE stages): no latents to cache, nothing to train
+        return
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=a.shift)
     sigmas_all = sched.sigmas.to(dev)
     timesteps_all = sched.timesteps.to(dev)
