@@ -9,6 +9,7 @@
 #include <torch/cuda.h>
 
 #include "apps/commands.h"
+#include "apps/request_flags.h"
 #include "core/attention.h"
 #include "core/torch_util.h"
 #include "core/weights.h"
@@ -18,7 +19,8 @@ namespace mmdit {
 namespace {
 
 struct BenchOptions {
-  GenerateRequest req;
+  std::shared_ptr<RequestFlags> flags = std::make_shared<RequestFlags>();
+  GenerateRequest& req = flags->req;
   bool random_weights = false;
   int runs = 2;
   int warmup_steps = 0;  // 0: as many as the timed runs
@@ -36,6 +38,7 @@ double median(std::vector<double> v) {
 }
 
 void run_bench(BenchOptions& o) {
+  finish_request_flags(*o.flags);
   GenerateRequest& r = o.req;
   set_attention_backend(o.attention);
   if (o.random_weights) set_random_weights(true, r.device);
@@ -71,7 +74,8 @@ void run_bench(BenchOptions& o) {
   }
   nlohmann::ordered_json j = {{"impl", "mmdit"}, {"model", pipe->name()}, {"device", r.device}, {"dtype", r.dtype},
                               {"width", r.width}, {"height", r.height}, {"frames", r.frames},
-                              {"steps", r.steps}, {"cfg", r.cfg},
+                              {"steps", r.steps}, {"cfg", r.cfg}, {"batch", r.batch},
+                              {"request", request_json(r)},
                               {"attention", o.attention}, {"random_weights", o.random_weights},
                               {"load_s", load_s}, {"step_ms", median(steps) * 1000.0},
                               {"pipeline_s", median(totals)}, {"runs", o.runs},
@@ -100,6 +104,12 @@ Command add_bench_command(CLI::App& app) {
   sub->add_option("--runs", o->runs, "Timed runs after one warm-up")->check(CLI::PositiveNumber);
   sub->add_option("--attention", o->attention, "SDPA backend: auto, flash, cudnn, efficient, math")->capture_default_str();
   sub->add_flag("--random-weights", o->random_weights, "Make random weights on the device instead of loading files");
+  sub->add_option("--batch", r.batch, "Images per run (--batch 3 --cfg 1: three plain rows, a baseline)")
+      ->check(CLI::Range(1, 64));
+  // The guidance and control flags of `generate`, to time what a control costs.
+  add_request_flags(sub, o->flags, [](const RequestOption& opt) {
+    return (opt.group == "Guidance" || opt.group == "Controls") && opt.key != "cfg";
+  });
   return {sub, [o] { run_bench(*o); }};
 }
 

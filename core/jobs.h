@@ -1,8 +1,8 @@
-// `mmdit run`: JSON job files. One table of request options (request_options()) drives the `generate`
-// flags, the job-file keys, their validation and the published JSON Schema. load_jobs() validates a
-// whole file and expands it into runs; run_jobs() executes them (pipelines loaded once, failures
-// reported and skipped over, interruptible between jobs and between denoising steps). Torch-free: it
-// talks to models only through models/pipeline.h.
+// `mmdit run`: JSON job files. The keys are the request options (core/options.h), the same table as the
+// `generate` flags. load_jobs() validates a whole file and expands it into runs (core/jobs.cpp); run_jobs()
+// executes them (core/job_runner.cpp: pipelines loaded once, failures reported and skipped over,
+// interruptible between jobs and between denoising steps). Torch-free: it talks to models only through
+// models/pipeline.h.
 #pragma once
 #include <csignal>
 #include <cstdint>
@@ -13,41 +13,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/options.h"
 #include "models/pipeline.h"
 
 namespace mmdit {
-
-// One option of a generation request: the `generate` flag --KEY-WITH-DASHES and the job key KEY.
-struct RequestOption {
-  enum class Type {
-    String,   // any string
-    Path,     // a file or folder; in a job file relative to the file's folder, and it must exist
-    Integer,  // int, range [min, max]
-    Number,   // double, range [min, max]
-    Seed,     // uint64
-    IntList,  // comma-separated on the CLI; an array of integers or "7,8,9" in a job file
-    Flag,     // a CLI flag without value; true/false in a job file
-  };
-  std::string key;         // job key, e.g. "negative_prompt"
-  std::string short_flag;  // e.g. "n", or empty
-  std::string help;        // CLI help (and schema description unless job_help is set)
-  Type type = Type::String;
-  bool required = false;
-  std::optional<double> min, max;
-  bool min_exclusive = false;        // min < value rather than min <= value
-  std::vector<std::string> choices;  // allowed strings (checked in job files; empty = any)
-  std::string job_help;              // description in the schema where it differs from the CLI's
-  // Where the value lives in a GenerateRequest (by type: str for String/Path, integer, number).
-  std::string GenerateRequest::*str = nullptr;
-  int GenerateRequest::*integer = nullptr;
-  double GenerateRequest::*number = nullptr;
-  bool GenerateRequest::*flag = nullptr;
-
-  std::string long_flag() const;  // "--negative-prompt"
-};
-
-// Every option of `generate`, in its --help order.
-const std::vector<RequestOption>& request_options();
 
 // Keys a job may have beyond the request options: seed expansion.
 //   "seeds": [s0, s1, ...]  one run per seed
@@ -81,7 +50,6 @@ JobFile parse_jobs(const nlohmann::json& doc, const std::filesystem::path& base_
 nlohmann::ordered_json job_schema();
 
 // Helpers (exposed for tests).
-std::string prompt_slug(const std::string& prompt);  // lowercase [a-z0-9-], at most 40 chars
 size_t edit_distance(const std::string& a, const std::string& b);
 std::string closest(const std::string& word, const std::vector<std::string>& candidates);
 std::string today();  // local YYYY-MM-DD

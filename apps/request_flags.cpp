@@ -1,0 +1,54 @@
+#include "apps/request_flags.h"
+
+#include <limits>
+
+namespace mmdit {
+
+void add_request_flags(CLI::App* sub, const std::shared_ptr<RequestFlags>& f,
+                       const std::function<bool(const RequestOption&)>& keep) {
+  GenerateRequest& r = f->req;
+  for (const RequestOption& o : request_options()) {
+    if (keep && !keep(o)) continue;
+    const std::string names = (o.short_flag.empty() ? "" : "-" + o.short_flag + ",") + o.long_flag();
+    CLI::Option* opt = nullptr;
+    switch (o.type) {
+      case RequestOption::Type::String:
+      case RequestOption::Type::Path:
+      case RequestOption::Type::Folder:
+      case RequestOption::Type::HeadList:
+      case RequestOption::Type::LayerScale: opt = sub->add_option(names, r.*o.str, o.help); break;
+      case RequestOption::Type::Integer: opt = sub->add_option(names, r.*o.integer, o.help); break;
+      case RequestOption::Type::Number: opt = sub->add_option(names, r.*o.number, o.help); break;
+      case RequestOption::Type::Seed:
+        opt = sub->add_option(names, r.seed, o.help)->each([f](const std::string&) { f->seed_given = true; });
+        break;
+      case RequestOption::Type::IntList: opt = sub->add_option(names, f->lists[o.key], o.help); break;
+      case RequestOption::Type::Flag: opt = sub->add_flag(names, r.*o.flag, o.help); break;
+    }
+    opt->group(o.group);
+    if (o.required) opt->required();
+    if (o.enables) f->given.emplace_back(&o, opt);
+    if (o.type == RequestOption::Type::Integer || o.type == RequestOption::Type::Number) {
+      if (o.min && o.max && o.type == RequestOption::Type::Integer) opt->check(CLI::Range(int(*o.min), int(*o.max)));
+      else if (o.min && o.max) opt->check(CLI::Range(*o.min, *o.max));
+      else if (o.min && *o.min == 0) opt->check(o.min_exclusive ? CLI::PositiveNumber : CLI::NonNegativeNumber);
+      else if (o.min) opt->check(CLI::Range(*o.min, std::numeric_limits<double>::max()));
+    }
+    if (o.key == "device") opt->capture_default_str();
+  }
+}
+
+void finish_request_flags(RequestFlags& f) {
+  GenerateRequest& r = f.req;
+  for (const auto& [key, text] : f.lists) {
+    if (text.empty()) continue;
+    const RequestOption* o = find_option(key);
+    r.*o->list = parse_layer_list(text, o->long_flag());
+  }
+  for (const auto& [o, opt] : f.given)
+    if (opt->count() > 0) r.*o->enables = true;
+  parse_head_list(r.pag_heads, "--pag-heads");
+  if (!r.text_scale.empty()) parse_layer_scale(r.text_scale, "--text-scale");
+}
+
+}  // namespace mmdit

@@ -1,0 +1,249 @@
+// `mmdit run`: executing the runs of a validated job file (core/jobs.h).
+#include "core/jobs.h"
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <new>
+#include <set>
+#include <signal.h>
+#include <unistd.h>
+
+#include "core/errors.h"
+#include "core/image_io.h"
+#include "core/log.h"
+
+namespace mmdit {
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Interrupted {};  // thrown from the step callback to abort a run
+
+std::string first_line(std::string s) {
+  const size_t nl = s.find('\n');
+  if (nl != std::string::npos) s.resize(nl);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+
+std::string pipeline_key(const GenerateRequest& r) {
+  return r.model + '\n' + r.clip_l + '\n' + r.clip_g + '\n' + r.t5 + '\n' + r.tokenizer_dir + '\n' + r.device + '\n' + r.dtype;
+}
+
+bool all_exist(const std::vector<std::string>& paths) {
+  for (const auto& p : paths) {
+    std::error_code ec;
+    if (!fs::is_regular_file(p, ec)) return false;
+  }
+  return true;
+}
+
+// Temp files of atomic_write (".NAME.tmp-PID") left by a killed run: removed when that process is gone.
+void remove_stale_temps(const std::vector<std::string>& outputs) {
+  std::set<fs::path> dirs;
+  std::set<std::string> names;
+  for (const auto& o : outputs) {
+    const fs::path p(o);
+    dirs.insert(p.has_parent_path() ? p.parent_path() : fs::path("."));
+    names.insert(p.filename().string());
+  }
+  for (const auto& d : dirs) {
+    std::error_code ec;
+    for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string n = it->path().filename().string();
+      const size_t tmp = n.rfind(".tmp-");
+      if (n.empty() || n[0] != '.' || tmp == std::string::npos) continue;
+      if (!names.count(n.substr(1, tmp - 1))) continue;
+      const std::string pid_s = n.substr(tmp + 5);
+      if (pid_s.empty() || pid_s.find_first_not_of("0123456789") != std::string::npos) continue;
+      const long pid = std::strtol(pid_s.c_str(), nullptr, 10);
+      if (pid == ::getpid() || (::kill(pid_t(pid), 0) != 0 && errno == ESRCH)) {
+        std::error_code rm;
+        fs::remove(it->path(), rm);
+        log_info("removed " + it->path().string() + " (left by an interrupted run)");
+      }
+    }
+  }
+}
+
+class Report {
+ public:
+  explicit Report(const std::string& path) {
+    if (path.empty()) return;
+    f_ = std::fopen(path.c_str(), "w");
+    if (!f_) throw FileError(path + ": cannot write the report (" + std::strerror(errno) + ")");
+  }
+  ~Report() {
+    if (f_) std::fclose(f_);
+  }
+  void line(const nlohmann::ordered_json& j) {
+    if (!f_) return;
+    const std::string s = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    std::fwrite(s.data(), 1, s.size(), f_);
+    std::fflush(f_);
+  }
+
+ private:
+  FILE* f_ = nullptr;
+};
+
+std::string short_prompt(const std::string& p) {
+  std::string s = p.size() > 60 ? p.substr(0, 57) + "..." : p;
+  for (auto& c : s)
+    if (c == '\n' || c == '\r') c = ' ';
+  return s;
+}
+
+}  // namespace
+
+int run_jobs(const JobFile& jobs, const RunOptions& opt) {
+  const auto t_start = std::chrono::steady_clock::now();
+  auto stopped = [&] { return opt.stop && *opt.stop != 0; };
+  Report report(opt.report);
+  const int n = int(jobs.runs.size());
+
+  std::vector<std::string> all_outputs;
+  for (const auto& r : jobs.runs) all_outputs.insert(all_outputs.end(), r.outputs.begin(), r.outputs.end());
+  remove_stale_temps(all_outputs);
+
+  // Which runs go ahead, and the last run that needs each pipeline (it is freed after that).
+  std::vector<bool> skip(size_t(n), false);
+  if (opt.skip_existing)
+    for (int i = 0; i < n; ++i) skip[size_t(i)] = all_exist(jobs.runs[size_t(i)].outputs);
+  std::map<std::string, int> last_use;
+  for (int i = 0; i < n; ++i)
+    if (!skip[size_t(i)]) last_use[pipeline_key(jobs.runs[size_t(i)].req)] = i;
+
+  std::map<std::string, std::unique_ptr<Pipeline>> pipelines;
+  std::map<std::string, std::string> load_errors;  // a model that failed to load is not tried again
+  int ok = 0, failed = 0, invalid = 0, skipped = 0;
+  bool interrupted = false;
+  int i = 0;
+  for (; i < n; ++i) {
+    if (stopped()) {
+      interrupted = true;
+      break;
+    }
+    const JobRun& run = jobs.runs[size_t(i)];
+    nlohmann::ordered_json line = {{"index", run.index}, {"job", run.job}};
+    const std::string counter = "[" + std::to_string(i + 1) + "/" + std::to_string(n) + "] ";
+    if (skip[size_t(i)]) {
+      ++skipped;
+      log_info(counter + "skipped (outputs exist): " + short_prompt(run.req.prompt));
+      line.update({{"status", "skipped"}, {"error", nullptr}, {"seconds", 0.0}, {"seed", run.req.seed},
+                   {"random_seed", run.random_seed}, {"outputs", run.outputs}, {"prompt", run.req.prompt},
+                   {"model", run.req.model}});
+      report.line(line);
+      continue;
+    }
+    log_info(counter + short_prompt(run.req.prompt) + " (seed " + std::to_string(run.req.seed) + ")");
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string key = pipeline_key(run.req);
+    std::string status = "ok", error;
+    std::vector<std::string> written;
+    GenerateRequest r = run.req;
+    Pipeline* pipe = nullptr;
+    try {
+      if (auto e = load_errors.find(key); e != load_errors.end()) {
+        status = "failed";
+        error = e->second;
+      } else {
+        auto& slot = pipelines[key];
+        if (!slot) {
+          try {
+            slot = load_pipeline(r);
+            char took[32];
+            std::snprintf(took, sizeof took, "%.1f", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+            log_info("loaded " + slot->name() + " from " + r.model + " in " + took + " s");
+          } catch (const std::exception& e) {
+            pipelines.erase(key);
+            load_errors[key] = "cannot load " + r.model + ": " + first_line(e.what());
+            throw;
+          }
+        }
+        pipe = slot.get();
+        try {
+          pipe->resolve(r);
+        } catch (const InputError& e) {
+          status = "invalid";
+          error = first_line(e.what());
+        }
+        if (status == "ok") {
+          for (const auto& o : run.outputs) {
+            const fs::path dir = fs::path(o).parent_path();
+            if (!dir.empty()) fs::create_directories(dir);
+          }
+          Progress progress("denoise", r.steps);
+          auto on_step = [&](int, int) {
+            progress.step();
+            if (stopped()) throw Interrupted{};
+          };
+          std::vector<Image> images;
+          if (pipe->is_video()) {
+            for (const auto& path : write_videos(r, *pipe, on_step)) {
+              written.push_back(path);
+              std::printf("%s\n", path.c_str());
+            }
+          } else {
+            images = pipe->generate(r, on_step);
+          }
+          progress.finish();
+          if (stopped()) throw Interrupted{};  // after the last step, before writing
+          for (size_t b = 0; b < images.size(); ++b) {
+            const std::string path = output_path(r, int(b));
+            write_png(path, images[b], png_metadata(r, pipe->name(), int(b)));
+            written.push_back(path);
+            std::printf("%s\n", path.c_str());
+            std::fflush(stdout);
+          }
+        }
+      }
+    } catch (const Interrupted&) {
+      status = "interrupted";
+      error = "interrupted by a signal";
+      interrupted = true;
+    } catch (const std::bad_alloc&) {
+      status = "failed";
+      error = "out of memory";
+    } catch (const std::exception& e) {
+      status = "failed";
+      error = load_errors.count(key) ? load_errors[key] : first_line(e.what());
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (status == "ok") ++ok;
+    else if (status == "invalid") ++invalid;
+    else if (status == "failed") ++failed;
+    if (status != "ok" && status != "interrupted")
+      std::fprintf(stderr, "mmdit: error: jobs[%d] (run %d): %s\n", run.job, run.index, error.c_str());
+    line.update({{"status", status}, {"error", error.empty() ? nlohmann::json(nullptr) : nlohmann::json(error)},
+                 {"seconds", std::round(secs * 1000) / 1000}, {"seed", run.req.seed},
+                 {"random_seed", run.random_seed}, {"outputs", written}, {"prompt", run.req.prompt},
+                 {"model", run.req.model}});
+    report.line(line);
+    if (interrupted) {
+      ++i;
+      break;
+    }
+    // Free pipelines that no later run needs.
+    if (auto lu = last_use.find(key); lu != last_use.end() && lu->second <= i) pipelines.erase(key);
+  }
+  pipelines.clear();
+
+  const int not_run = n - ok - failed - invalid - skipped;  // the interrupted run counts as not run
+  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  const int code = interrupted ? 130 : (failed || invalid) ? 1 : 0;
+  char summary[256];
+  std::snprintf(summary, sizeof summary, "mmdit run: %d ok, %d failed, %d invalid, %d skipped, %d not run of %d runs in %.1f s%s",
+                ok, failed, invalid, skipped, not_run, n, total, interrupted ? " (interrupted)" : "");
+  std::fprintf(stderr, "%s\n", summary);
+  report.line({{"summary", true}, {"runs", n}, {"ok", ok}, {"failed", failed}, {"invalid", invalid},
+               {"skipped", skipped}, {"interrupted", interrupted}, {"not_run", not_run},
+               {"seconds", std::round(total * 1000) / 1000}, {"exit_code", code}});
+  return code;
+}
+
+}  // namespace mmdit

@@ -1,0 +1,581 @@
+#include "core/options.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+
+#include "core/errors.h"
+
+namespace mmdit {
+namespace fs = std::filesystem;
+using Type = RequestOption::Type;
+
+std::string RequestOption::long_flag() const {
+  std::string f = "--" + key;
+  std::replace(f.begin(), f.end(), '_', '-');
+  return f;
+}
+
+namespace {
+
+using R = GenerateRequest;
+
+struct Table {
+  std::vector<RequestOption> v;
+  std::string group;
+
+  RequestOption& add(std::string key, std::string shrt, std::string help, Type t) {
+    RequestOption o;
+    o.key = std::move(key);
+    o.short_flag = std::move(shrt);
+    o.help = std::move(help);
+    o.type = t;
+    o.group = group;
+    v.push_back(o);
+    return v.back();
+  }
+  RequestOption& str(std::string key, std::string shrt, std::string help, Type t, std::string R::*m) {
+    RequestOption& o = add(std::move(key), std::move(shrt), std::move(help), t);
+    o.str = m;
+    return o;
+  }
+  RequestOption& integer(std::string key, std::string shrt, std::string help, int R::*m, std::optional<double> min,
+                         std::optional<double> max, bool min_exclusive = false) {
+    RequestOption& o = add(std::move(key), std::move(shrt), std::move(help), Type::Integer);
+    o.integer = m, o.min = min, o.max = max, o.min_exclusive = min_exclusive;
+    return o;
+  }
+  RequestOption& number(std::string key, std::string help, double R::*m, std::optional<double> min,
+                        std::optional<double> max, bool min_exclusive = false) {
+    RequestOption& o = add(std::move(key), "", std::move(help), Type::Number);
+    o.number = m, o.min = min, o.max = max, o.min_exclusive = min_exclusive;
+    return o;
+  }
+  RequestOption& layers(std::string key, std::string help, std::vector<int> R::*m) {
+    RequestOption& o = add(std::move(key), "", std::move(help), Type::IntList);
+    o.list = m, o.min = 0;
+    return o;
+  }
+  RequestOption& flag(std::string key, std::string help, bool R::*m) {
+    RequestOption& o = add(std::move(key), "", std::move(help), Type::Flag);
+    o.flag = m;
+    return o;
+  }
+};
+
+std::vector<RequestOption> make_options() {
+  Table t;
+  t.group = "Model";
+  t.str("model", "m", "Diffusers folder or single-file checkpoint (default: the built-in shapes-world demo)", Type::Path,
+        &R::model);
+  t.str("device", "", "cpu, cuda or cuda:N", Type::String, &R::device).job_help = "cpu, cuda or cuda:N (default: cpu)";
+  t.str("dtype", "", "f32, f16 or bf16 (default: f32 on cpu, bf16 on cuda)", Type::String, &R::dtype).choices = {
+      "f32", "f16", "bf16", "fp32", "fp16", "float32", "float16", "bfloat16"};
+
+  t.group = "Image";
+  t.str("prompt", "p", "What to draw", Type::String, &R::prompt).required = true;
+  t.str("negative_prompt", "n", "What to avoid (with --cfg > 1)", Type::String, &R::negative_prompt);
+  t.integer("width", "W", "Image width in pixels (default: the model's)", &R::width, 0, std::nullopt, true);
+  t.integer("height", "H", "Image height in pixels (default: the model's)", &R::height, 0, std::nullopt, true);
+  t.integer("steps", "", "Denoising steps (default: the pipeline's, 28 for SD3)", &R::steps, 0, std::nullopt, true);
+  {
+    RequestOption& o = t.add("seed", "s", "Noise seed (default: random, printed)", Type::Seed);
+    o.job_help = "Noise seed (default: random, recorded in the report); with \"count\", the first seed";
+  }
+  t.number("shift", "Flow-matching shift (default: the scheduler config's)", &R::shift, 0, std::nullopt, true);
+  t.str("output", "o", "Output PNG (default: mmdit-SEED.png); videos: out.mp4 or a frame pattern like out_%03d.png",
+        Type::String, &R::output)
+      .job_help =
+      "Output path template with {index} (run number after expansion, from 0), {seed}, {prompt_slug} and "
+      "{date} (YYYY-MM-DD); relative to the job file's folder; .png for images, .mp4 or a frame pattern like "
+      "f_%03d.png for videos; default mmdit-{index}-{seed}.png";
+  t.integer("batch", "", "Images to generate from the prompt", &R::batch, 1, 64);
+
+  t.group = "Guidance";
+  t.number("cfg", "Classifier-free guidance scale (default: the pipeline's, 7.0 for SD3)", &R::cfg, 0, std::nullopt);
+  t.number("guidance", "Distilled guidance scale of FLUX.1-dev (default 3.5; schnell ignores it)", &R::guidance, 0,
+           std::nullopt);
+  t.number("apg_eta", "Adaptive projected guidance (APG) instead of CFG: weight of the parallel part (default 1)",
+           &R::apg_eta, 0, std::nullopt)
+      .enables = &R::apg;
+  t.number("apg_norm_threshold", "APG: the guidance difference is clipped to this norm, 0 = off (default 15)",
+           &R::apg_norm_threshold, 0, std::nullopt)
+      .enables = &R::apg;
+  t.number("apg_momentum", "APG: momentum of the running guidance difference, e.g. -0.5 (default 0)", &R::apg_momentum,
+           -1, 1)
+      .enables = &R::apg;
+  t.flag("cfg_zero_star", "CFG-Zero*: rescaled unconditional prediction, zero velocity in the first steps",
+         &R::cfg_zero_star);
+  t.integer("cfg_zero_steps", "", "CFG-Zero*: steps that predict zero (default 1)", &R::cfg_zero_steps, 0, std::nullopt);
+
+  t.group = "Controls";
+  t.number("pag_scale", "Perturbed-attention guidance scale (0 = off)", &R::pag_scale, 0, std::nullopt);
+  t.layers("pag_layers", "PAG: blocks whose attention is perturbed, e.g. 7,8 (default 1; FLUX counts double then "
+                         "single blocks)",
+           &R::pag_layers);
+  t.str("pag_heads", "", "PAG on single heads (HeadHunter SoftPAG): layer:head pairs, e.g. 12:3,13:7", Type::HeadList,
+        &R::pag_heads);
+  t.number("pag_u", "PAG: perturbed heads give (1-u) attention + u identity, 0..1 (default 1)", &R::pag_u, 0, 1);
+  t.str("pag_mode", "", "PAG's identity: image (image-to-image only, diffusers' PAG) or full (every token, "
+                        "HeadHunter)",
+        Type::String, &R::pag_mode)
+      .choices = {"image", "full"};
+  t.number("pag_adaptive_scale", "PAG: scale - this x (1000 - timestep), floored at 0 (diffusers)",
+           &R::pag_adaptive_scale, 0, std::nullopt);
+  t.number("slg_scale", "Skip-layer guidance scale (0 = off)", &R::slg_scale, 0, std::nullopt);
+  t.layers("slg_layers", "Layers skipped for skip-layer guidance, e.g. 7,8,9", &R::slg_layers);
+  t.number("slg_start", "Skip-layer guidance starts after this fraction of steps", &R::slg_start, 0.0, 1.0);
+  t.number("slg_stop", "Skip-layer guidance stops before this fraction of steps", &R::slg_stop, 0.0, 1.0);
+  t.number("stg_scale", "Spatiotemporal skip guidance for CogVideoX (STG-R; 0 = off)", &R::stg_scale, 0, std::nullopt);
+  t.layers("stg_layers", "STG: blocks skipped in the perturbed pass (default 11)", &R::stg_layers);
+  t.flag("stg_rescale", "STG: rescale the guided prediction to the conditional one's spread", &R::stg_rescale);
+  t.str("text_scale", "", "Scale the text stream entering blocks: layers:factor, e.g. 0,1,2:1.5", Type::LayerScale,
+        &R::text_scale);
+  t.layers("skip_blocks", "Leave these blocks out (both streams), e.g. 20,21", &R::skip_blocks);
+  t.str("attention_maps", "", "Write image-to-text attention maps of the prompt's tokens to this folder", Type::Folder,
+        &R::attention_maps)
+      .job_help = "Folder for attention maps (created; relative to the job file's folder; {index}, {seed}, "
+                  "{prompt_slug} and {date} as in output)";
+  t.layers("attention_maps_layers", "Layers averaged into the attention maps (default: all)", &R::attention_maps_layers);
+
+  t.group = "Video";
+  t.integer("frames", "", "Video frames, 4k+1 (video models; default: the model's, 49 for CogVideoX)", &R::frames, 0,
+            std::nullopt, true);
+  t.integer("fps", "", "Video frame rate (default: the model's, 8)", &R::fps, 1, 240);
+  t.integer("crf", "", "MP4 quality, 0 (lossless) to 51; lower is better (default 18)", &R::crf, 0, 51);
+  t.str("sampler", "", "Video sampler: ddim or dpm (default: the model's scheduler)", Type::String, &R::sampler)
+      .choices = {"ddim", "dpm"};
+  t.flag("dynamic_cfg", "CogVideoX's dynamic guidance scale (use_dynamic_cfg)", &R::dynamic_cfg);
+  t.flag("vae_tiling", "Decode video in overlapping spatial tiles (less memory)", &R::vae_tiling);
+
+  t.group = "Encoders";
+  t.integer("max_sequence_length", "", "T5 tokens (SD3 default 256)", &R::max_sequence_length, 1, 512);
+  t.str("clip_l", "", "CLIP-L text encoder (file or folder) for single-file checkpoints", Type::Path, &R::clip_l);
+  t.str("clip_g", "", "OpenCLIP bigG text encoder (file or folder)", Type::Path, &R::clip_g);
+  t.str("t5", "", "T5-XXL text encoder (file or folder)", Type::Path, &R::t5);
+  t.str("vae", "", "VAE (file or folder), e.g. FLUX's ae.safetensors for single-file checkpoints", Type::Path, &R::vae);
+  t.str("tokenizer_dir", "", "Folder with tokenizer/, tokenizer_2/, tokenizer_3/ subfolders", Type::Path,
+        &R::tokenizer_dir);
+  return t.v;
+}
+
+std::string range_text(const RequestOption& o) {
+  if (o.min && o.max) return "must be between " + fmt_num(*o.min) + " and " + fmt_num(*o.max);
+  if (o.min) return (o.min_exclusive ? "must be greater than " : "must be at least ") + fmt_num(*o.min);
+  return "must be at most " + fmt_num(*o.max);
+}
+
+bool in_range(const RequestOption& o, double v) {
+  if (o.min && (o.min_exclusive ? !(v > *o.min) : !(v >= *o.min))) return false;
+  if (o.max && !(v <= *o.max)) return false;
+  return true;
+}
+
+bool valid_device(const std::string& s) {
+  if (s == "cpu" || s == "cuda") return true;
+  return s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.size() < 9 &&
+         s.find_first_not_of("0123456789", 5) == std::string::npos;
+}
+
+const char* kPlaceholders[] = {"index", "seed", "prompt_slug", "date"};
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (true) {
+    const size_t end = s.find(sep, pos);
+    out.push_back(s.substr(pos, end == std::string::npos ? std::string::npos : end - pos));
+    if (end == std::string::npos) return out;
+    pos = end + 1;
+  }
+}
+
+// A non-negative integer of at most 6 digits ("7", not "+7", "07x" or "").
+bool small_uint(const std::string& s) {
+  return !s.empty() && s.size() <= 6 && s.find_first_not_of("0123456789") == std::string::npos;
+}
+
+bool parse_number(const std::string& s, double& out) {
+  if (s.empty()) return false;
+  char* end = nullptr;
+  out = std::strtod(s.c_str(), &end);
+  return end == s.c_str() + s.size() && std::isfinite(out);
+}
+
+// The text forms of IntList / HeadList / LayerScale: "" when well formed, else what is expected.
+std::string text_problem(Type t, const std::string& s) {
+  if (t == Type::IntList) {
+    for (const auto& item : split(s, ','))
+      if (!small_uint(item)) return "expected comma-separated layer numbers like \"7,8,9\"";
+    return "";
+  }
+  if (t == Type::HeadList) {
+    for (const auto& item : split(s, ',')) {
+      auto lh = split(item, ':');
+      if (lh.size() != 2 || !small_uint(lh[0]) || !small_uint(lh[1]))
+        return "expected layer:head pairs like \"12:3,12:7\"";
+    }
+    return "";
+  }
+  // LayerScale
+  const size_t colon = s.rfind(':');
+  double f = 0;
+  if (colon == std::string::npos || text_problem(Type::IntList, s.substr(0, colon)) != "" ||
+      !parse_number(s.substr(colon + 1), f))
+    return "expected layers and a factor like \"0,1,2:1.5\"";
+  if (f < 0) return "the factor must be at least 0";
+  return "";
+}
+
+std::string quoted(const std::string& s) { return "'" + s + "'"; }
+
+}  // namespace
+
+bool json_integer(const nlohmann::json& v, long double& out) {
+  if (v.is_number_unsigned()) {
+    out = (long double)v.get<uint64_t>();
+    return true;
+  }
+  if (v.is_number_integer()) {
+    out = (long double)v.get<int64_t>();
+    return true;
+  }
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    if (std::isfinite(d) && std::floor(d) == d) {
+      out = d;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string shown(const nlohmann::json& v) {
+  std::string s = v.dump();
+  if (s.size() > 40) s = s.substr(0, 37) + "...";
+  return s;
+}
+
+std::string fmt_num(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.10g", v);
+  return b;
+}
+
+const std::vector<RequestOption>& request_options() {
+  static const std::vector<RequestOption> table = make_options();
+  return table;
+}
+
+const RequestOption* find_option(const std::string& key) {
+  for (const auto& o : request_options())
+    if (o.key == key) return &o;
+  return nullptr;
+}
+
+std::vector<int> parse_layer_list(const std::string& s, const std::string& flag) {
+  if (text_problem(Type::IntList, s) != "")
+    throw UsageError(flag + ": expected comma-separated layer numbers like 7,8,9, got " + quoted(s));
+  std::vector<int> out;
+  for (const auto& item : split(s, ',')) out.push_back(std::stoi(item));
+  return out;
+}
+
+std::vector<std::pair<int, int>> parse_head_list(const std::string& s, const std::string& flag) {
+  if (s.empty()) return {};
+  if (text_problem(Type::HeadList, s) != "")
+    throw UsageError(flag + ": expected layer:head pairs like 12:3,12:7, got " + quoted(s));
+  std::vector<std::pair<int, int>> out;
+  for (const auto& item : split(s, ',')) {
+    auto lh = split(item, ':');
+    out.emplace_back(std::stoi(lh[0]), std::stoi(lh[1]));
+  }
+  return out;
+}
+
+std::pair<std::vector<int>, double> parse_layer_scale(const std::string& s, const std::string& flag) {
+  const std::string p = text_problem(Type::LayerScale, s);
+  if (p != "") throw UsageError(flag + ": " + p + ", got " + quoted(s));
+  const size_t colon = s.rfind(':');
+  double f = 0;
+  parse_number(s.substr(colon + 1), f);
+  return {parse_layer_list(s.substr(0, colon), flag), f};
+}
+
+std::string template_problem(const std::string& t, bool output) {
+  if (t.empty()) return "must not be empty";
+  size_t pos = 0;
+  while ((pos = t.find('{', pos)) != std::string::npos) {
+    const size_t end = t.find('}', pos);
+    if (end == std::string::npos) return "unclosed '{' in " + nlohmann::json(t).dump();
+    const std::string name = t.substr(pos + 1, end - pos - 1);
+    if (std::find(std::begin(kPlaceholders), std::end(kPlaceholders), name) == std::end(kPlaceholders))
+      return "unknown placeholder {" + name + "} (known: {index}, {seed}, {prompt_slug}, {date})";
+    pos = end + 1;
+  }
+  if (!output) return "";
+  std::string ext = fs::path(t).extension().string();
+  for (auto& c : ext) c = char(std::tolower(static_cast<unsigned char>(c)));
+  if (ext != ".png" && ext != ".mp4")
+    return "outputs are .png images, .mp4 videos or frame patterns like f_%03d.png, got " + nlohmann::json(t).dump();
+  return "";
+}
+
+std::string expand_template(const std::string& t, int index, uint64_t seed, const std::string& prompt,
+                            const std::string& date) {
+  std::string out;
+  size_t pos = 0;
+  while (pos < t.size()) {
+    const size_t open = t.find('{', pos);
+    if (open == std::string::npos) {
+      out += t.substr(pos);
+      break;
+    }
+    out += t.substr(pos, open - pos);
+    const size_t close = t.find('}', open);
+    const std::string name = t.substr(open + 1, close - open - 1);
+    if (name == "index") out += std::to_string(index);
+    else if (name == "seed") out += std::to_string(seed);
+    else if (name == "prompt_slug") out += prompt_slug(prompt);
+    else if (name == "date") out += date;
+    pos = close + 1;
+  }
+  return out;
+}
+
+std::string prompt_slug(const std::string& prompt) {
+  std::string s;
+  for (unsigned char c : prompt) {
+    if (std::isalnum(c) && c < 128) {
+      s += char(std::tolower(c));
+    } else if (!s.empty() && s.back() != '-') {
+      s += '-';
+    }
+    if (s.size() >= 40) break;
+  }
+  if (s.size() > 40) s.resize(40);
+  while (!s.empty() && s.back() == '-') s.pop_back();
+  return s.empty() ? "empty" : s;
+}
+
+void check_option(const RequestOption& o, const nlohmann::json& v, const std::string& at, const fs::path& base_dir,
+                  std::vector<std::string>& problems) {
+  auto bad = [&](const std::string& what) { problems.push_back(at + ": " + what); };
+  auto bad_got = [&](const std::string& what) { bad(what + ", got " + shown(v)); };
+  switch (o.type) {
+    case Type::String:
+    case Type::Path:
+    case Type::Folder: {
+      if (!v.is_string()) {
+        bad_got("expected string");
+        break;
+      }
+      const std::string s = v.get<std::string>();
+      if (!o.choices.empty() && std::find(o.choices.begin(), o.choices.end(), s) == o.choices.end()) {
+        std::string list;
+        for (const auto& c : o.choices) list += (list.empty() ? "" : ", ") + c;
+        bad_got("expected one of " + list);
+      } else if (o.key == "device" && !valid_device(s)) {
+        bad_got("expected cpu, cuda or cuda:N");
+      } else if (o.key == "output" || o.type == Type::Folder) {
+        const std::string p = template_problem(s, o.key == "output");
+        if (!p.empty()) bad(p);
+      } else if (o.type == Type::Path) {
+        std::error_code ec;
+        const fs::path p = base_dir / s;
+        if (s.empty()) bad("must not be empty");
+        else if (!fs::exists(p, ec)) bad("no such file or folder: " + p.lexically_normal().string());
+      }
+      break;
+    }
+    case Type::Flag:
+      if (!v.is_boolean()) bad_got("expected true or false");
+      break;
+    case Type::Integer: {
+      long double x;
+      if (!json_integer(v, x)) bad_got("expected integer");
+      else if (!in_range(o, double(x))) bad_got(range_text(o));
+      else if (x > INT_MAX) bad_got("must be at most " + std::to_string(INT_MAX));
+      break;
+    }
+    case Type::Number: {
+      if (!v.is_number()) bad_got("expected number");
+      else if (!in_range(o, v.get<double>())) bad_got(range_text(o));
+      break;
+    }
+    case Type::Seed: {
+      long double x;
+      if (!json_integer(v, x)) bad_got("expected integer");
+      else if (x < 0 || x > 18446744073709551615.0L) bad_got("must be between 0 and 18446744073709551615");
+      break;
+    }
+    case Type::IntList: {
+      if (v.is_string()) {
+        const std::string p = text_problem(o.type, v.get<std::string>());
+        if (!p.empty()) bad_got(p);
+      } else if (v.is_array()) {
+        for (size_t i = 0; i < v.size(); ++i) {
+          long double x;
+          const std::string ati = at + "[" + std::to_string(i) + "]";
+          if (!json_integer(v[i], x)) problems.push_back(ati + ": expected integer, got " + shown(v[i]));
+          else if (x < 0 || x > INT_MAX) problems.push_back(ati + ": must be at least 0, got " + shown(v[i]));
+        }
+      } else {
+        bad_got("expected array of integers or a string like \"7,8,9\"");
+      }
+      break;
+    }
+    case Type::HeadList: {
+      if (v.is_string()) {
+        const std::string p = text_problem(o.type, v.get<std::string>());
+        if (!p.empty()) bad_got(p);
+      } else if (v.is_array()) {
+        for (size_t i = 0; i < v.size(); ++i) {
+          long double a, b;
+          const auto& e = v[i];
+          if (!e.is_array() || e.size() != 2 || !json_integer(e[0], a) || !json_integer(e[1], b) || a < 0 || b < 0 ||
+              a > INT_MAX || b > INT_MAX)
+            problems.push_back(at + "[" + std::to_string(i) + "]: expected [layer, head], got " + shown(e));
+        }
+      } else {
+        bad_got("expected layer:head pairs like \"12:3,12:7\" or [[12, 3], [12, 7]]");
+      }
+      break;
+    }
+    case Type::LayerScale: {
+      if (!v.is_string()) bad_got("expected a string like \"0,1,2:1.5\"");
+      else if (const std::string p = text_problem(o.type, v.get<std::string>()); !p.empty()) bad_got(p);
+      break;
+    }
+  }
+}
+
+void apply_option(GenerateRequest& r, const RequestOption& o, const nlohmann::json& v, const fs::path& base_dir) {
+  if (o.enables) r.*o.enables = true;
+  switch (o.type) {
+    case Type::String:
+    case Type::LayerScale: r.*o.str = v.get<std::string>(); break;
+    case Type::Path:
+    case Type::Folder: {
+      const fs::path p(v.get<std::string>());
+      r.*o.str = (p.is_absolute() ? p : (base_dir / p).lexically_normal()).string();
+      break;
+    }
+    case Type::Integer: {
+      long double x = 0;
+      json_integer(v, x);
+      r.*o.integer = int(x);
+      break;
+    }
+    case Type::Number: r.*o.number = v.get<double>(); break;
+    case Type::Flag: r.*o.flag = v.get<bool>(); break;
+    case Type::Seed: {
+      long double x = 0;
+      json_integer(v, x);
+      r.seed = v.is_number_unsigned() ? v.get<uint64_t>() : uint64_t(x);
+      break;
+    }
+    case Type::IntList: {
+      auto& list = r.*o.list;
+      list.clear();
+      if (v.is_string()) {
+        list = parse_layer_list(v.get<std::string>(), o.long_flag());
+      } else {
+        for (const auto& x : v) {
+          long double d = 0;
+          json_integer(x, d);
+          list.push_back(int(d));
+        }
+      }
+      break;
+    }
+    case Type::HeadList: {
+      if (v.is_string()) {
+        r.*o.str = v.get<std::string>();
+        break;
+      }
+      std::string s;
+      for (const auto& e : v) s += (s.empty() ? "" : ",") + std::to_string(e[0].get<int64_t>()) + ":" +
+                                   std::to_string(e[1].get<int64_t>());
+      r.*o.str = s;
+      break;
+    }
+  }
+}
+
+nlohmann::ordered_json option_schema(const RequestOption& o) {
+  nlohmann::ordered_json p;
+  p["description"] = o.job_help.empty() ? o.help : o.job_help;
+  switch (o.type) {
+    case Type::String:
+    case Type::Path:
+    case Type::Folder:
+      p["type"] = "string";
+      if (o.type != Type::String || o.key == "output") p["minLength"] = 1;
+      if (!o.choices.empty()) p["enum"] = o.choices;
+      if (o.key == "device") p["pattern"] = "^(cpu|cuda(:[0-9]{1,3})?)$";
+      if (o.key == "output") p["pattern"] = "^([^{}]|\\{(index|seed|prompt_slug|date)\\})*\\.([pP][nN][gG]|[mM][pP]4)$";
+      if (o.type == Type::Folder) p["pattern"] = "^([^{}]|\\{(index|seed|prompt_slug|date)\\})*$";
+      break;
+    case Type::Integer:
+    case Type::Number:
+      p["type"] = o.type == Type::Integer ? "integer" : "number";
+      if (o.min) p[o.min_exclusive ? "exclusiveMinimum" : "minimum"] = *o.min;
+      if (o.max) p["maximum"] = *o.max;
+      else if (o.type == Type::Integer) p["maximum"] = INT_MAX;
+      break;
+    case Type::Flag:
+      p["type"] = "boolean";
+      break;
+    case Type::Seed:
+      p["type"] = "integer";
+      p["minimum"] = 0;
+      p["maximum"] = std::numeric_limits<uint64_t>::max();
+      break;
+    case Type::IntList:
+      p["oneOf"] = {{{"type", "array"}, {"items", {{"type", "integer"}, {"minimum", 0}}}},
+                    {{"type", "string"}, {"pattern", "^[0-9]+(,[0-9]+)*$"}}};
+      break;
+    case Type::HeadList:
+      p["oneOf"] = {{{"type", "array"},
+                     {"items",
+                      {{"type", "array"}, {"items", {{"type", "integer"}, {"minimum", 0}}}, {"minItems", 2}, {"maxItems", 2}}}},
+                    {{"type", "string"}, {"pattern", "^[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*$"}}};
+      break;
+    case Type::LayerScale:
+      p["type"] = "string";
+      p["pattern"] = "^[0-9]+(,[0-9]+)*:[0-9.eE+-]+$";
+      break;
+  }
+  return p;
+}
+
+nlohmann::ordered_json request_json(const GenerateRequest& r) {
+  const GenerateRequest d;
+  // Always present, as earlier mmdit versions wrote them.
+  const char* core[] = {"model", "prompt", "negative_prompt", "width", "height", "steps", "cfg",
+                        "seed",  "shift",  "batch",           "max_sequence_length", "dtype", "device"};
+  auto is_core = [&](const std::string& k) { return std::find(std::begin(core), std::end(core), k) != std::end(core); };
+  nlohmann::ordered_json j;
+  for (const char* k : core) {
+    const RequestOption* o = find_option(k);
+    if (o->type == Type::Seed) j[k] = r.seed;
+    else if (o->str) j[k] = r.*o->str;
+    else if (o->integer) j[k] = r.*o->integer;
+    else if (o->number) j[k] = r.*o->number;
+  }
+  for (const auto& o : request_options()) {
+    if (is_core(o.key) || o.key == "output") continue;
+    if (o.enables && !(r.*o.enables)) continue;  // APG's keys only when APG is on
+    if (o.str && (r.*o.str != d.*o.str || o.enables)) j[o.key] = r.*o.str;
+    else if (o.integer && (r.*o.integer != d.*o.integer || o.enables)) j[o.key] = r.*o.integer;
+    else if (o.number && (r.*o.number != d.*o.number || o.enables)) j[o.key] = r.*o.number;
+    else if (o.flag && r.*o.flag != d.*o.flag) j[o.key] = r.*o.flag;
+    else if (o.list && r.*o.list != d.*o.list) j[o.key] = r.*o.list;
+  }
+  return j;
+}
+
+}  // namespace mmdit
