@@ -1,9 +1,11 @@
-// The one attention function every model calls. The descriptor says where the call sits (model, layer,
-// denoising step) and which token ranges of the joint sequence are image/video and text, so attention
-// controls (regional masks, key/value injection, head perturbation) can plug in here and only here.
+// The one attention function every model calls. The descriptor says where the call sits (model, layer) and
+// which token ranges of the joint sequence are image/video and text; `controls` carries the attention controls
+// of this forward pass (controls/control.h), which plug in here and at the block hook only. A call that no
+// control touches runs the plain fused kernel.
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include <ATen/ATen.h>
 
@@ -15,13 +17,16 @@ struct TokenRange {
   int64_t size() const { return end - begin; }
 };
 
+struct ControlContext;
+
 struct AttentionDesc {
   const char* model = "";  // "sd3", "flux", "cogvideox", "clip", "t5"
-  int layer = -1;          // block index within the network
-  int step = -1;           // denoising step index, -1 outside the sampler loop
+  int layer = -1;          // block index in call order (FLUX: double blocks, then single blocks)
+  int sub = 0;             // 0: the block's joint attention; 1: SD3.5-medium's second, image-only attention
   int64_t heads = 0;
   TokenRange image;        // image/video tokens of the joint sequence (empty for text encoders)
   TokenRange text;         // text tokens of the joint sequence
+  const ControlContext* controls = nullptr;  // this forward pass's attention controls, or none
 };
 
 // Which fused kernel at::scaled_dot_product_attention may use on CUDA: "auto" (PyTorch's own order,
@@ -33,5 +38,11 @@ void set_attention_backend(const std::string& name);
 // Returns [batch, heads, tokens, head_dim].
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionDesc& desc,
                      const std::optional<at::Tensor>& mask = std::nullopt, double scale = 0.0);
+
+// The same kernel as attention() picks for these inputs (no mask), also returning the log-sum-exp of each
+// query row's scaled scores, [B, H, S] float32: {output, lse}. For a math-kernel fallback the LSE is computed
+// in chunks of query rows, never as one S x S matrix.
+std::pair<at::Tensor, at::Tensor> attention_with_lse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                     double scale = 0.0);
 
 }  // namespace mmdit

@@ -227,6 +227,37 @@ std::vector<int64_t> ClipTokenizer::encode(const std::string& text, int max_leng
   return encode_full(text, max_length).ids;
 }
 
+std::vector<std::pair<int64_t, std::string>> ClipTokenizer::word_tokens(const std::string& text, int max_length) const {
+  const TokenIds r = encode_full(text, max_length);
+  std::vector<std::pair<int64_t, std::string>> out;
+  for (int64_t i = 1; i < r.length - 1; ++i)
+    if (std::string t = token_text(r.ids[size_t(i)]); !t.empty()) out.emplace_back(i, t);
+  return out;
+}
+
+std::string ClipTokenizer::token_text(int64_t id) const {
+  for (const auto& [token, i] : impl_->vocab) {
+    if (i != id) continue;
+    // Undo the byte-level mapping (each byte is one mapped character), then drop the word-end marker.
+    std::string t = token, bytes;
+    if (t.size() >= 4 && t.compare(t.size() - 4, 4, "</w>") == 0) t.resize(t.size() - 4);
+    for (size_t pos = 0; pos < t.size();) {
+      bool matched = false;
+      for (int b = 0; b < 256 && !matched; ++b) {
+        const std::string& c = impl_->byte_char[b];
+        if (!c.empty() && t.compare(pos, c.size(), c) == 0) {
+          bytes += char(b);
+          pos += c.size();
+          matched = true;
+        }
+      }
+      if (!matched) bytes += t[pos++];
+    }
+    return bytes;
+  }
+  return "";
+}
+
 int64_t ClipTokenizer::bos_id() const { return impl_->bos; }
 int64_t ClipTokenizer::eos_id() const { return impl_->eos; }
 int64_t ClipTokenizer::pad_id() const { return impl_->pad; }

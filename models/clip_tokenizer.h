@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace mmdit {
@@ -30,6 +31,12 @@ class ClipTokenizer {
   TokenIds encode_full(const std::string& text, int max_length = 77) const;
   // The BPE ids of the text without BOS/EOS, truncation or padding.
   std::vector<int64_t> tokenize(const std::string& text) const;
+
+  // The prompt's real tokens (no BOS/EOS/padding, none that reads as nothing) at their positions in the
+  // max_length ids, with their text: what attention maps are made for.
+  std::vector<std::pair<int64_t, std::string>> word_tokens(const std::string& text, int max_length) const;
+  // The text of one token as it reads ("red" for "red</w>"), or "" for an unknown id.
+  std::string token_text(int64_t id) const;
 
   int64_t bos_id() const;
   int64_t eos_id() const;

@@ -7,11 +7,13 @@
 
 #include "core/errors.h"
 #include "core/torch_util.h"
+#include "controls/control.h"
 #include "models/cogvideox_transformer.h"
 #include "models/cogvideox_vae.h"
 #include "models/t5_encoder.h"
 #include "models/t5_tokenizer.h"
 #include "samplers/cogvideox_schedulers.h"
+#include "samplers/guidance.h"
 
 namespace mmdit {
 namespace fs = std::filesystem;
@@ -29,6 +31,7 @@ class CogVideoXPipeline : public Pipeline {
 
  private:
   at::Tensor encode(const std::string& prompt, int max_sequence_length);
+  ModelShape shape() const;
 
   std::string name_;
   at::Device device_;
@@ -83,8 +86,8 @@ void CogVideoXPipeline::resolve(GenerateRequest& r) const {
   if (!c.use_rotary_positional_embeddings && r.max_sequence_length != c.max_text_seq_length)
     throw UsageError("--max-sequence-length: this model needs exactly " + std::to_string(c.max_text_seq_length) + " tokens");
   if (r.shift > 0) throw UsageError("--shift: CogVideoX's schedulers have no shift");
-  if (r.slg_scale > 0) throw UsageError("--slg-scale: skip-layer guidance is not available for CogVideoX");
   if (r.dtype.empty()) r.dtype = short_dtype_name(dtype_);
+  make_controls(r, shape());  // every control flag checked against this model before anything runs
 }
 
 at::Tensor CogVideoXPipeline::encode(const std::string& prompt, int max_len) {
@@ -97,12 +100,17 @@ at::Tensor CogVideoXPipeline::encode(const std::string& prompt, int max_len) {
   return e;
 }
 
+ModelShape CogVideoXPipeline::shape() const {
+  const auto& c = transformer_->config();
+  return {"cogvideox", int(c.num_layers), 0, int(c.num_attention_heads)};
+}
+
 std::vector<Video> CogVideoXPipeline::generate_video(const GenerateRequest& r, const std::function<void(int, int)>& step) {
   torch::NoGradGuard no_grad;
   const auto& tc = transformer_->config();
   const bool cfg = r.cfg > 1.0;
-  at::Tensor embeds = encode(r.prompt, r.max_sequence_length);
-  if (cfg) embeds = at::cat({encode(r.negative_prompt, r.max_sequence_length), embeds});
+  at::Tensor embeds = encode(r.prompt, r.max_sequence_length), neg_embeds;
+  if (cfg) neg_embeds = encode(r.negative_prompt, r.max_sequence_length);
   if (device_.is_cuda()) t5_.reset();  // the encodings are cached; the transformer needs the memory
 
   CogVideoXScheduler sched(CogVideoXSchedulerConfig::from_json(scheduler_config_));
@@ -122,18 +130,29 @@ std::vector<Video> CogVideoXPipeline::generate_video(const GenerateRequest& r, c
   std::optional<std::pair<at::Tensor, at::Tensor>> rope;
   if (tc.use_rotary_positional_embeddings) rope = cogvideox_rotary_embeddings(tc, r.height, r.width, latent_frames, s);
 
+  // The guidance stage owns the batch: [uncond], cond, one perturbed branch per guidance control (STG, SLG, PAG).
+  Guidance guidance(GuidanceConfig::from_request(r, cfg), make_controls(r, shape()), shape());
+  GenerationInfo info;
+  info.words = tok_->word_tokens(r.prompt, r.max_sequence_length);
+  info.frames = tc.patch_size_t ? latent_frames / tc.patch_size_t : latent_frames;
+  info.grid_h = r.height / s / tc.patch_size, info.grid_w = r.width / s / tc.patch_size;
+  info.width = r.width, info.height = r.height, info.fps = r.fps;
+  guidance.begin(info);
   at::Tensor old_x0;
   for (int i = 0; i < r.steps; ++i) {
     const int64_t t = sched.timesteps()[size_t(i)];
-    at::Tensor x = cfg ? at::cat({latents, latents}) : latents;
-    at::Tensor ts = at::full({x.size(0)}, t, at::TensorOptions().dtype(at::kLong).device(device_));
-    at::Tensor pred = transformer_->forward(x, embeds, ts, rope, std::nullopt, i).to(at::kFloat);
     double g = r.cfg;
     if (r.dynamic_cfg)  // the pipeline's use_dynamic_cfg formula, with the integer timestep
       g = 1 + r.cfg * ((1 - std::cos(M_PI * std::pow(double(r.steps - t) / double(r.steps), 5.0))) / 2);
-    if (cfg) {
-      auto parts = pred.chunk(2);
-      pred = parts[0] + g * (parts[1] - parts[0]);
+    at::Tensor pred;
+    if (guidance.zero_step(i)) {
+      pred = at::zeros_like(latents, at::kFloat);
+    } else {
+      const ControlContext ctx = guidance.context(i, r.steps, double(t), 1);
+      at::Tensor x = Guidance::by_branch(ctx, latents, latents);
+      at::Tensor ts = at::full({x.size(0)}, t, at::TensorOptions().dtype(at::kLong).device(device_));
+      at::Tensor out = transformer_->forward(x, Guidance::by_branch(ctx, embeds, neg_embeds), ts, rope, std::nullopt, &ctx);
+      pred = guidance.combine(out.to(at::kFloat), ctx, g);
     }
     if (r.sampler == "dpm") {
       auto out = sched.step_dpm(pred, old_x0, latents, i, gen);
@@ -154,6 +173,7 @@ std::vector<Video> CogVideoXPipeline::generate_video(const GenerateRequest& r, c
   Video out;
   out.fps = r.fps;
   out.frames = images_from_u8(u8[0].permute({1, 2, 3, 0}));  // [F, H, W, C]
+  guidance.end(out.frames);
   return {out};
 }
 

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/config_fields.h"
+#include "controls/control.h"
 #include "core/attention.h"
 #include "core/errors.h"
 #include "core/torch_util.h"
@@ -337,7 +338,7 @@ CogVideoXTransformer::CogVideoXTransformer(const CogVideoXTransformerConfig& c) 
 at::Tensor CogVideoXTransformer::forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
                                          const at::Tensor& timestep,
                                          const std::optional<std::pair<at::Tensor, at::Tensor>>& rope,
-                                         const std::optional<at::Tensor>& ofs, int step) {
+                                         const std::optional<at::Tensor>& ofs, const ControlContext* controls) {
   const auto& c = config_;
   if (hidden_states.dim() != 5 || hidden_states.size(2) != c.in_channels)
     throw ShapeError("cogvideox transformer: latents must be [B, F, " + std::to_string(c.in_channels) + ", H, W], got " +
@@ -371,12 +372,18 @@ at::Tensor CogVideoXTransformer::forward(const at::Tensor& hidden_states, const 
   at::Tensor h = patch_embed_->forward(encoder_hidden_states, hidden_states);
   const int64_t T = encoder_hidden_states.size(1);
   at::Tensor ctx = h.narrow(1, 0, T), x = h.narrow(1, T, h.size(1) - T);
+  AttentionDesc desc;
+  desc.model = "cogvideox";
+  desc.controls = controls;
   for (int64_t i = 0; i < c.num_layers; ++i) {
-    AttentionDesc desc;
-    desc.model = "cogvideox";
+    // The block-level hook: skip the block (for some rows), scale the text stream entering it.
+    const BlockPlan plan = block_plan(controls, int(i));
+    if (plan.skip) continue;
+    if (plan.text_scale != 1.0) ctx = ctx * plan.text_scale;
     desc.layer = int(i);
-    desc.step = step;
-    std::tie(x, ctx) = blocks_[size_t(i)]->forward(x, ctx, emb, r, desc);
+    auto [x_out, ctx_out] = blocks_[size_t(i)]->forward(x, ctx, emb, r, desc);
+    x = keep_input_rows(x_out, x, plan);
+    ctx = keep_input_rows(ctx_out, ctx, plan);
   }
   x = std::static_pointer_cast<nn::AffineLayerNormImpl>(norm_final_)->forward(x);
   x = norm_out_->forward(x, emb);

@@ -17,6 +17,8 @@
 
 namespace mmdit {
 
+struct ControlContext;
+
 struct CogVideoXTransformerConfig {
   int64_t num_attention_heads = 30;
   int64_t attention_head_dim = 64;
@@ -68,11 +70,12 @@ class CogVideoXTransformer : public torch::nn::Module {
 
   // hidden_states [B, F, C, H, W] latents, encoder_hidden_states [B, T, text_embed_dim], timestep [B]
   // (integer-valued, any dtype), rope: (cos, sin) from cogvideox_rotary_embeddings for RoPE models
-  // (required there, ignored otherwise), ofs [B] for models with an ofs embedding. step: the denoising
-  // step index passed to mmdit::attention. Returns [B, F, out_channels, H, W] in the input's dtype.
+  // (required there, ignored otherwise), ofs [B] for models with an ofs embedding. controls: the attention
+  // controls of this pass (controls/control.h), consulted at every block and passed to mmdit::attention.
+  // Returns [B, F, out_channels, H, W] in the input's dtype.
   at::Tensor forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states, const at::Tensor& timestep,
                      const std::optional<std::pair<at::Tensor, at::Tensor>>& rope = std::nullopt,
-                     const std::optional<at::Tensor>& ofs = std::nullopt, int step = -1);
+                     const std::optional<at::Tensor>& ofs = std::nullopt, const ControlContext* controls = nullptr);
 
   const CogVideoXTransformerConfig& config() const { return config_; }
 

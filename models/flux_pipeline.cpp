@@ -15,7 +15,9 @@
 #include "models/t5_encoder.h"
 #include "models/t5_tokenizer.h"
 #include "models/vae.h"
+#include "controls/control.h"
 #include "samplers/flow_match.h"
+#include "samplers/guidance.h"
 
 namespace mmdit {
 namespace fs = std::filesystem;
@@ -153,10 +155,15 @@ class FluxPipelineImpl : public Pipeline {
     if (r.cfg < 0) r.cfg = 1.0;
     if (r.max_sequence_length == 0) r.max_sequence_length = 512;
     if (r.max_sequence_length > 512) throw UsageError("--max-sequence-length: at most 512");
-    if (r.slg_scale > 0 && !r.slg_layers.empty()) throw UsageError("--slg-scale: skip-layer guidance is for SD3.5, not FLUX");
     if (r.shift <= 0 && !src_.scheduler_config.value("use_dynamic_shifting", false))
       r.shift = src_.scheduler_config.value("shift", 1.0);
     if (r.dtype.empty()) r.dtype = short_dtype_name(dtype_);
+    make_controls(r, shape());  // every control flag checked against this model before anything runs
+  }
+
+  ModelShape shape() const {
+    const auto& c = transformer_->config();
+    return {"flux", int(c.num_layers + c.num_single_layers), int(c.num_layers), int(c.num_attention_heads)};
   }
 
   std::vector<Image> generate(const GenerateRequest& r, const std::function<void(int, int)>& step) override {
@@ -201,19 +208,34 @@ class FluxPipelineImpl : public Pipeline {
     // Everything per step is on the device before the loop: timestep / 1000 in the latents' dtype, as
     // FluxPipeline passes it, and the guidance scale in float32.
     at::Tensor timesteps = at::tensor(sched.timesteps(), at::kFloat).to(device_).to(dtype_) / 1000;
-    at::Tensor guidance;
-    if (tc.guidance_embeds) guidance = at::full({n}, r.guidance, at::TensorOptions().dtype(at::kFloat).device(device_));
+    at::Tensor distilled;
+    if (tc.guidance_embeds) distilled = at::full({n}, r.guidance, at::TensorOptions().dtype(at::kFloat).device(device_));
+    // The guidance stage owns the batch: [negative], prompt, one perturbed branch per guidance control.
+    Guidance guidance(GuidanceConfig::from_request(r, true_cfg), make_controls(r, shape()), shape());
+    GenerationInfo info;
+    info.words = tok_t5_->word_tokens(r.prompt, r.max_sequence_length);  // T5's tokens are FLUX's text sequence
+    info.grid_h = lh / 2, info.grid_w = lw / 2;
+    info.width = r.width, info.height = r.height, info.batch = r.batch;
+    guidance.begin(info);
     for (int i = 0; i < sched.num_steps(); ++i) {
-      at::Tensor t = timesteps[i].expand({n});
-      at::Tensor v = transformer_->forward(latents, embeds, pooled, t, img_ids, txt_ids, guidance, i);
-      if (true_cfg) {
-        at::Tensor vn = transformer_->forward(latents, neg_embeds, neg_pooled, t, img_ids, txt_ids, guidance, i);
-        v = vn + r.cfg * (v - vn);
+      at::Tensor v;
+      if (guidance.zero_step(i)) {
+        v = at::zeros_like(latents);
+      } else {
+        const ControlContext ctx = guidance.context(i, sched.num_steps(), sched.timesteps()[size_t(i)], n);
+        at::Tensor x = Guidance::by_branch(ctx, latents, latents);
+        at::Tensor g = distilled.defined() ? Guidance::by_branch(ctx, distilled, distilled) : distilled;
+        at::Tensor pred = transformer_->forward(x, Guidance::by_branch(ctx, embeds, neg_embeds),
+                                                Guidance::by_branch(ctx, pooled, neg_pooled),
+                                                timesteps[i].expand({x.size(0)}), img_ids, txt_ids, g, &ctx);
+        v = guidance.combine(pred, ctx, r.cfg);
       }
       latents = sched.step(v, latents, i);
       if (step) step(i + 1, r.steps);
     }
-    return to_images(vae_->decode_latents(flux_unpack_latents(latents, lh, lw)));
+    auto images = to_images(vae_->decode_latents(flux_unpack_latents(latents, lh, lw)));
+    guidance.end(images);
+    return images;
   }
 
  private:

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/config_fields.h"
+#include "controls/control.h"
 #include "core/attention.h"
 #include "core/errors.h"
 #include "core/torch_util.h"
@@ -250,7 +251,8 @@ std::pair<at::Tensor, at::Tensor> FluxTransformer::rotary(const at::Tensor& ids)
 
 at::Tensor FluxTransformer::forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
                                     const at::Tensor& pooled, const at::Tensor& timestep, const at::Tensor& img_ids,
-                                    const at::Tensor& txt_ids, const at::Tensor& guidance, int step) {
+                                    const at::Tensor& txt_ids, const at::Tensor& guidance,
+                                    const ControlContext* controls) {
   const auto& c = config_;
   if (hidden_states.dim() != 3 || hidden_states.size(2) != c.in_channels)
     throw ShapeError("flux transformer: packed latents must be [B, N, " + std::to_string(c.in_channels) + "], got " +
@@ -287,17 +289,27 @@ at::Tensor FluxTransformer::forward(const at::Tensor& hidden_states, const at::T
 
   AttentionDesc desc;
   desc.model = "flux";
-  desc.step = step;
+  desc.controls = controls;
   desc.text = {0, n_txt};
   desc.image = {n_txt, n_txt + n_img};
+  // The block-level hook at every block (double blocks are layers 0.., single blocks continue the count).
   for (int64_t i = 0; i < c.num_layers; ++i) {
+    const BlockPlan plan = block_plan(controls, int(i));
+    if (plan.skip) continue;
+    if (plan.text_scale != 1.0) ctx = ctx * plan.text_scale;
     desc.layer = int(i);
-    std::tie(ctx, x) = blocks_[i]->forward(x, ctx, temb, cos, sin, desc);
+    auto [ctx_out, x_out] = blocks_[i]->forward(x, ctx, temb, cos, sin, desc);
+    x = keep_input_rows(x_out, x, plan);
+    ctx = keep_input_rows(ctx_out, ctx, plan);
   }
   at::Tensor joint = at::cat({ctx, x}, 1);
   for (int64_t i = 0; i < c.num_single_layers; ++i) {
+    const BlockPlan plan = block_plan(controls, int(c.num_layers + i));
+    if (plan.skip) continue;
+    if (plan.text_scale != 1.0)
+      joint = at::cat({joint.narrow(1, 0, n_txt) * plan.text_scale, joint.narrow(1, n_txt, n_img)}, 1);
     desc.layer = int(c.num_layers + i);
-    joint = single_blocks_[i]->forward(joint, temb, cos, sin, desc);
+    joint = keep_input_rows(single_blocks_[i]->forward(joint, temb, cos, sin, desc), joint, plan);
   }
   x = joint.narrow(1, n_txt, n_img);
   x = norm_out_->forward(x, temb);

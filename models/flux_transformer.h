@@ -20,6 +20,7 @@
 namespace mmdit {
 
 class WeightStore;
+struct ControlContext;
 
 struct FluxTransformerConfig {
   int64_t patch_size = 1;
@@ -52,10 +53,12 @@ class FluxTransformer : public torch::nn::Module {
   // pooled [B, pooled_projection_dim]; timestep [B] as FluxPipeline passes it (scheduler timestep / 1000 in
   // the latents' dtype; the model multiplies by 1000 after casting to its dtype, as diffusers);
   // img_ids [N, 3], txt_ids [T, 3] position ids; guidance [B] (the distilled guidance scale, also x1000
-  // inside) or undefined; required exactly when config().guidance_embeds. Returns [B, N, out_channels].
+  // inside) or undefined; required exactly when config().guidance_embeds. controls: the attention controls of
+// this pass (controls/control.h), consulted at every block and passed to mmdit::attention. Returns
+// [B, N, out_channels].
   at::Tensor forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states, const at::Tensor& pooled,
                      const at::Tensor& timestep, const at::Tensor& img_ids, const at::Tensor& txt_ids,
-                     const at::Tensor& guidance = {}, int step = -1);
+                     const at::Tensor& guidance = {}, const ControlContext* controls = nullptr);
 
   // FluxPosEmbed: (cos, sin) [S, head_dim] float32 for ids [S, n_axes]; frequencies in float64.
   std::pair<at::Tensor, at::Tensor> rotary(const at::Tensor& ids) const;

@@ -9,6 +9,7 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "core/model_folder.h"
+#include "core/options.h"
 #include "core/video_writer.h"
 #include "models/cogvideox_pipeline.h"
 #include "models/flux_pipeline.h"
@@ -75,19 +76,9 @@ std::map<std::string, std::string> png_metadata(const GenerateRequest& r, const 
             ", Seed: " + std::to_string(r.seed) + ", Size: " + std::to_string(r.width) + "x" + std::to_string(r.height) +
             ", Shift: " + shift + ", Model: " + model_name;
   if (r.batch > 1) params += ", Batch index: " + std::to_string(index) + " of " + std::to_string(r.batch);
-  nlohmann::ordered_json j = {{"model", r.model},   {"prompt", r.prompt}, {"negative_prompt", r.negative_prompt},
-                              {"width", r.width},   {"height", r.height}, {"steps", r.steps},
-                              {"cfg", r.cfg},       {"seed", r.seed},     {"shift", r.shift},
-                              {"batch", r.batch},   {"batch_index", index},
-                              {"max_sequence_length", r.max_sequence_length},
-                              {"dtype", r.dtype},   {"device", r.device}};
-  if (r.guidance >= 0) j["guidance"] = r.guidance;
-  if (r.slg_scale > 0 && !r.slg_layers.empty()) {
-    j["slg_scale"] = r.slg_scale;
-    j["slg_layers"] = r.slg_layers;
-    j["slg_start"] = r.slg_start;
-    j["slg_stop"] = r.slg_stop;
-  }
+  // Every option that differs from its default (core/options.h), so the image reproduces as a job.
+  nlohmann::ordered_json j = request_json(r);
+  j["batch_index"] = index;
   return {{"parameters", params}, {"Software", "mmdit"}, {"mmdit", j.dump()}};
 }
 

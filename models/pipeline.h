@@ -23,9 +23,30 @@ struct GenerateRequest {
   double cfg = -1.0, shift = 0.0;
   double guidance = -1.0;  // distilled guidance scale (FLUX.1-dev); negative = the pipeline's default
   uint64_t seed = 0;
-  // Skip-layer guidance (SD3.5): off when slg_scale == 0 or no layers.
+  // Attention controls (controls/, docs/CONTROLS.md); a zero scale or an empty list is off.
+  // Perturbed-attention guidance: whole layers (PAG) and single heads (HeadHunter's SoftPAG).
+  double pag_scale = 0.0, pag_adaptive_scale = 0.0, pag_u = 1.0;
+  std::vector<int> pag_layers;
+  std::string pag_heads;          // "L:H,L:H,..."
+  std::string pag_mode = "image";  // "image" (diffusers' PAG processors) or "full" (output = V everywhere)
+  // Skip-layer guidance (every family): off when slg_scale == 0.
   double slg_scale = 0.0, slg_start = 0.01, slg_stop = 0.2;
   std::vector<int> slg_layers;
+  // Spatiotemporal skip guidance (CogVideoX, STG-R).
+  double stg_scale = 0.0;
+  std::vector<int> stg_layers;
+  bool stg_rescale = false;
+  // CFG variants: adaptive projected guidance (on when any apg_* is given) and CFG-Zero*.
+  bool apg = false;
+  double apg_eta = 1.0, apg_norm_threshold = 15.0, apg_momentum = 0.0;
+  bool cfg_zero_star = false;
+  int cfg_zero_steps = 1;
+  // Block-level controls: "L,L:lambda" scales the text stream entering those blocks; skipped blocks.
+  std::string text_scale;
+  std::vector<int> skip_blocks;
+  // Attention maps: a folder for the image->text maps of the prompt's tokens, and the layers averaged.
+  std::string attention_maps;
+  std::vector<int> attention_maps_layers;
   // Video models (CogVideoX). 0 / empty mean "the pipeline's default".
   int frames = 0, fps = 0, crf = 18;
   std::string sampler;  // "ddim" or "dpm" (default: the model's scheduler class)

@@ -15,7 +15,9 @@
 #include "models/t5_encoder.h"
 #include "models/t5_tokenizer.h"
 #include "models/vae.h"
+#include "controls/control.h"
 #include "samplers/flow_match.h"
+#include "samplers/guidance.h"
 
 namespace mmdit {
 namespace fs = std::filesystem;
@@ -49,6 +51,7 @@ class Sd3Pipeline : public Pipeline {
   void load_encoders();
   void release_encoders();
   Encoding encode(const std::string& prompt, int max_sequence_length);
+  ModelShape shape() const;
   at::Tensor clip_hidden(const ClipTokenizer& tok, ClipTextModel& enc, const std::string& prompt, at::Tensor& pooled);
 
   Sources src_;
@@ -218,12 +221,13 @@ void Sd3Pipeline::resolve(GenerateRequest& r) const {
   if (r.max_sequence_length == 0) r.max_sequence_length = 256;
   if (r.max_sequence_length > 512) throw UsageError("--max-sequence-length: at most 512");
   if (r.shift <= 0) r.shift = src_.scheduler_config.value("shift", 3.0);
-  for (int l : r.slg_layers)
-    if (l < 0 || l >= cfg.num_layers)
-      throw UsageError("--slg-layers: layer " + std::to_string(l) + " does not exist (the model has " +
-                       std::to_string(cfg.num_layers) + ")");
-  if (r.slg_start > r.slg_stop) throw UsageError("--slg-start must not exceed --slg-stop");
+  make_controls(r, shape());  // every control flag checked against this model before anything runs
   if (r.dtype.empty()) r.dtype = short_dtype_name(dtype_);
+}
+
+ModelShape Sd3Pipeline::shape() const {
+  const auto& c = transformer_->config();
+  return {"sd3", int(c.num_layers), 0, int(c.num_attention_heads)};
 }
 
 std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::function<void(int, int)>& step) {
@@ -242,16 +246,12 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
   }
   // num_images_per_prompt: every image of the batch gets the same encoding.
   auto rep = [n](const at::Tensor& t) {
+    if (!t.defined()) return t;
     std::vector<int64_t> reps(size_t(t.dim()), 1);
     reps[0] = n;
     return t.repeat(reps);
   };
-  at::Tensor embeds = rep(pos.embeds), pooled = rep(pos.pooled);
-  at::Tensor embeds_cfg = embeds, pooled_cfg = pooled;
-  if (cfg) {
-    embeds_cfg = at::cat({rep(neg.embeds), embeds});
-    pooled_cfg = at::cat({rep(neg.pooled), pooled});
-  }
+  at::Tensor embeds = rep(pos.embeds), pooled = rep(pos.pooled), neg_embeds = rep(neg.embeds), neg_pooled = rep(neg.pooled);
   // Noise from the CPU generator in the model dtype, exactly as diffusers' randn_tensor does, then moved:
   // the same seed gives the same image on any device.
   const auto& tc = transformer_->config();
@@ -266,26 +266,32 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
   sched.set_timesteps(r.steps);
   // All timesteps go to the device once, so the loop makes no host-device copies.
   at::Tensor timesteps = at::tensor(sched.timesteps(), at::kFloat).to(device_);
-  std::vector<int64_t> skip(r.slg_layers.begin(), r.slg_layers.end());
+  // The guidance stage owns the batch: [uncond], cond, one perturbed branch per guidance control.
+  Guidance guidance(GuidanceConfig::from_request(r, cfg), make_controls(r, shape()), shape());
+  GenerationInfo info;
+  info.words = tok_l_->word_tokens(r.prompt, 77);  // CLIP-L's tokens lead SD3's text sequence
+  info.grid_h = r.height / f / tc.patch_size;
+  info.grid_w = r.width / f / tc.patch_size;
+  info.width = r.width, info.height = r.height, info.batch = r.batch;
+  guidance.begin(info);
   for (int i = 0; i < r.steps; ++i) {
-    at::Tensor x = cfg ? at::cat({latents, latents}) : latents;
-    at::Tensor t = timesteps[i].expand({x.size(0)});
-    at::Tensor v = transformer_->forward(x, embeds_cfg, pooled_cfg, t, {}, i);
-    if (cfg) {
-      auto parts = v.chunk(2);
-      at::Tensor uncond = parts[0], text = parts[1];
-      v = uncond + r.cfg * (text - uncond);
-      // diffusers' strict window: i > steps * start and i < steps * stop.
-      const bool slg = r.slg_scale > 0 && !skip.empty() && i > r.steps * r.slg_start && i < r.steps * r.slg_stop;
-      if (slg) {
-        at::Tensor v_skip = transformer_->forward(latents, embeds, pooled, timesteps[i].expand({n}), skip, i);
-        v = v + (text - v_skip) * r.slg_scale;
-      }
+    at::Tensor v;
+    if (guidance.zero_step(i)) {
+      v = at::zeros_like(latents);
+    } else {
+      const ControlContext ctx = guidance.context(i, r.steps, sched.timesteps()[size_t(i)], n);
+      at::Tensor x = Guidance::by_branch(ctx, latents, latents);
+      at::Tensor pred = transformer_->forward(x, Guidance::by_branch(ctx, embeds, neg_embeds),
+                                              Guidance::by_branch(ctx, pooled, neg_pooled),
+                                              timesteps[i].expand({x.size(0)}), &ctx);
+      v = guidance.combine(pred, ctx, r.cfg);
     }
     latents = sched.step(v, latents, i);
     if (step) step(i + 1, r.steps);
   }
-  return to_images(vae_->decode_latents(latents));
+  auto images = to_images(vae_->decode_latents(latents));
+  guidance.end(images);
+  return images;
 }
 
 }  // namespace

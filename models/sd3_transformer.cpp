@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/config_fields.h"
+#include "controls/control.h"
 #include "core/attention.h"
 #include "core/errors.h"
 #include "core/torch_util.h"
@@ -172,7 +173,9 @@ struct SD3JointBlock : torch::nn::Module {
     x = x + m[2].unsqueeze(1) * attn_out;
     if (dual) {
       at::Tensor norm_x2 = modulate(xn, m[6], m[7]);
-      x = x + m[8].unsqueeze(1) * attn2->forward(norm_x2, at::Tensor(), desc).first;
+      AttentionDesc desc2 = desc;
+      desc2.sub = 1;
+      x = x + m[8].unsqueeze(1) * attn2->forward(norm_x2, at::Tensor(), desc2).first;
     }
     x = x + m[5].unsqueeze(1) * ff->forward(modulate(nn::layer_norm(x, 1e-6), m[3], m[4]));
     if (context_pre_only) return {at::Tensor(), x};
@@ -228,7 +231,7 @@ SD3Transformer::SD3Transformer(const SD3TransformerConfig& c) : config_(c) {
 
 at::Tensor SD3Transformer::forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
                                    const at::Tensor& pooled, const at::Tensor& timestep,
-                                   const std::vector<int64_t>& skip_layers, int step) {
+                                   const ControlContext* controls) {
   const auto& c = config_;
   if (hidden_states.dim() != 4 || hidden_states.size(1) != c.in_channels)
     throw ShapeError("sd3 transformer: latents must be [B, " + std::to_string(c.in_channels) + ", H, W], got " +
@@ -250,22 +253,22 @@ at::Tensor SD3Transformer::forward(const at::Tensor& hidden_states, const at::Te
                      std::to_string(c.pooled_projection_dim) + "], got " + shape_string(pooled.sizes()));
   if (timestep.dim() != 1 || timestep.size(0) != batch)
     throw ShapeError("sd3 transformer: timestep must be [" + std::to_string(batch) + "], got " + shape_string(timestep.sizes()));
-  for (int64_t s : skip_layers)
-    if (s < 0 || s >= c.num_layers)
-      throw UsageError("sd3 transformer: skip layer " + std::to_string(s) + " is not a block index (0.." +
-                       std::to_string(c.num_layers - 1) + ")");
 
   at::Tensor x = pos_embed_->forward(hidden_states).contiguous();
   at::Tensor temb = time_text_embed_->forward(timestep, pooled);
   at::Tensor ctx = std::static_pointer_cast<nn::LinearImpl>(context_embedder_)->forward(encoder_hidden_states);
-  std::set<int64_t> skip(skip_layers.begin(), skip_layers.end());
+  AttentionDesc desc;
+  desc.model = "sd3";
+  desc.controls = controls;
   for (int64_t i = 0; i < c.num_layers; ++i) {
-    if (skip.count(i)) continue;
-    AttentionDesc desc;
-    desc.model = "sd3";
+    // The block-level hook: skip the block (for some rows), scale the text stream entering it.
+    const BlockPlan plan = block_plan(controls, int(i));
+    if (plan.skip) continue;
+    if (plan.text_scale != 1.0) ctx = ctx * plan.text_scale;
     desc.layer = int(i);
-    desc.step = step;
-    std::tie(ctx, x) = blocks_[i]->forward(x, ctx, temb, desc);
+    auto [ctx_out, x_out] = blocks_[i]->forward(x, ctx, temb, desc);
+    x = keep_input_rows(x_out, x, plan);
+    ctx = keep_input_rows(ctx_out, ctx, plan);
   }
   x = norm_out_->forward(x, temb);
   x = std::static_pointer_cast<nn::LinearImpl>(proj_out_)->forward(x);

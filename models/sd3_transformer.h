@@ -16,6 +16,7 @@
 namespace mmdit {
 
 class WeightStore;
+struct ControlContext;
 
 struct SD3TransformerConfig {
   int64_t sample_size = 128;
@@ -48,11 +49,11 @@ class SD3Transformer : public torch::nn::Module {
 
   // hidden_states [B, C, H, W] latents (H, W multiples of patch_size), encoder_hidden_states [B, T,
   // joint_attention_dim], pooled [B, pooled_projection_dim], timestep [B] (float, 0..1000, as the
-  // pipeline passes scheduler timesteps). skip_layers: block indices whose computation is skipped
-  // entirely (skip-layer guidance), as diffusers' `skip_layers`. step: the denoising step index, passed
-  // to mmdit::attention. Returns the velocity prediction [B, out_channels, H, W] in the input's dtype.
+  // pipeline passes scheduler timesteps). controls: the attention controls of this pass (controls/control.h),
+  // consulted at every block (block_plan) and passed to mmdit::attention. Returns the velocity prediction
+  // [B, out_channels, H, W] in the input's dtype.
   at::Tensor forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states, const at::Tensor& pooled,
-                     const at::Tensor& timestep, const std::vector<int64_t>& skip_layers = {}, int step = -1);
+                     const at::Tensor& timestep, const ControlContext* controls = nullptr);
 
   const SD3TransformerConfig& config() const { return config_; }
 

@@ -345,6 +345,25 @@ std::vector<int64_t> T5Tokenizer::encode(const std::string& text, int max_length
   return encode_full(text, max_length).ids;
 }
 
+std::vector<std::pair<int64_t, std::string>> T5Tokenizer::word_tokens(const std::string& text, int max_length) const {
+  const TokenIds r = encode_full(text, max_length);
+  std::vector<std::pair<int64_t, std::string>> out;
+  for (int64_t i = 0; i < r.length - 1; ++i)
+    if (std::string t = token_text(r.ids[size_t(i)]); !t.empty()) out.emplace_back(i, t);
+  return out;
+}
+
+std::string T5Tokenizer::token_text(int64_t id) const {
+  for (const auto& [piece, v] : impl_->pieces) {
+    if (v.first != id) continue;
+    std::string t = piece;
+    const std::string space = "\xE2\x96\x81";  // "▁", the word-start marker
+    for (size_t pos; (pos = t.find(space)) != std::string::npos;) t.erase(pos, space.size());
+    return t;
+  }
+  return "";
+}
+
 int64_t T5Tokenizer::eos_id() const { return impl_->eos; }
 int64_t T5Tokenizer::pad_id() const { return impl_->pad; }
 int64_t T5Tokenizer::unk_id() const { return impl_->unk; }

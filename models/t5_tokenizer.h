@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "models/clip_tokenizer.h"  // TokenIds
@@ -24,6 +25,12 @@ class T5Tokenizer {
   std::vector<int64_t> encode(const std::string& text, int max_length) const;
   TokenIds encode_full(const std::string& text, int max_length) const;
   std::vector<int64_t> tokenize(const std::string& text) const;  // without EOS/truncation/padding
+
+  // The prompt's real tokens (no BOS/EOS/padding, none that reads as nothing) at their positions in the
+  // max_length ids, with their text: what attention maps are made for.
+  std::vector<std::pair<int64_t, std::string>> word_tokens(const std::string& text, int max_length) const;
+  // The text of one token as it reads ("red" for "▁red"), or "" for an unknown id.
+  std::string token_text(int64_t id) const;
 
   int64_t eos_id() const;
   int64_t pad_id() const;

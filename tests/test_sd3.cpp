@@ -13,6 +13,7 @@
 #include "models/sd3_transformer.h"
 #include "models/vae.h"
 #include "samplers/flow_match.h"
+#include "tests/test_controls_util.h"
 #include "tests/test_tensors.h"
 #include "tests/test_util.h"
 
@@ -37,7 +38,12 @@ void check_transformer(SD3Transformer& m, const Golden& io, at::ScalarType dtype
   double e = rel_err(y, io["out"]);
   std::printf("[sd3] %s: rel err %.3g\n", what.c_str(), e);
   EXPECT_LE(e, tol) << what;
-  at::Tensor ys = m.forward(in("hidden_states"), in("encoder_hidden_states"), in("pooled"), io["timestep"], {1});
+  // The block hook: --skip-blocks 1 equals diffusers' skip_layers=[1].
+  GenerateRequest r;
+  r.skip_blocks = {1};
+  const auto& c = m.config();
+  test::PassControls skip(r, {"sd3", int(c.num_layers), 0, int(c.num_attention_heads)}, io["hidden_states"].size(0));
+  at::Tensor ys = m.forward(in("hidden_states"), in("encoder_hidden_states"), in("pooled"), io["timestep"], &skip.ctx);
   double es = rel_err(ys, io["out_skip1"]);
   std::printf("[sd3] %s skip [1]: rel err %.3g\n", what.c_str(), es);
   EXPECT_LE(es, tol) << what << " with skip layers";

@@ -1,0 +1,74 @@
+#include "controls/control.h"
+
+#include <cmath>
+
+#include "core/errors.h"
+
+namespace mmdit {
+
+const BranchRows* ControlContext::find(Branch b, int id) const {
+  for (const auto& r : rows)
+    if (r.branch == b && (b != Branch::Perturbed || r.id == id)) return &r;
+  return nullptr;
+}
+
+BlockPlan block_plan(const ControlContext* ctx, int layer) {
+  BlockPlan plan;
+  if (!ctx) return plan;
+  for (const Control* c : ctx->controls) c->plan_block(*ctx, layer, plan);
+  return plan;
+}
+
+at::Tensor keep_input_rows(const at::Tensor& out, const at::Tensor& in, const BlockPlan& plan) {
+  if (plan.keep_input.empty() || !out.defined()) return out;
+  // STG's forward_with_stg: the block runs on every row, then the skipped rows get their input back.
+  at::Tensor o = out;
+  for (auto [b, e] : plan.keep_input) o.narrow(0, b, e - b).copy_(in.narrow(0, b, e - b));
+  return o;
+}
+
+at::Tensor AttentionCall::image_text_probs(int64_t b, int64_t e, const at::Tensor& cols) const {
+  const TokenRange& img = desc.image;
+  at::Tensor qi = q.narrow(0, b, e - b).narrow(2, img.begin, img.size()).to(at::kFloat);
+  at::Tensor kt = k.narrow(0, b, e - b).narrow(2, desc.text.begin, desc.text.size()).index_select(2, cols).to(at::kFloat);
+  at::Tensor l = lse.narrow(0, b, e - b).narrow(2, img.begin, img.size()).unsqueeze(-1);
+  // P[i, t] = exp(q_i . k_t * scale - LSE_i): the softmax entry without the N x N matrix.
+  return at::exp(at::matmul(qi, kt.transpose(-2, -1)) * scale - l);
+}
+
+bool touched(const AttentionDesc& desc) {
+  for (const Control* c : desc.controls->controls)
+    if (c->touches(desc, *desc.controls)) return true;
+  return false;
+}
+
+at::Tensor controlled_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionDesc& desc,
+                                double scale) {
+  const ControlContext& ctx = *desc.controls;
+  AttentionCall call{desc, ctx, q, k, v, scale > 0 ? scale : 1.0 / std::sqrt(double(q.size(-1))), {}, {}};
+  std::vector<Control*> active;
+  bool lse = false;
+  for (Control* c : ctx.controls) {
+    if (!c->touches(desc, ctx)) continue;
+    active.push_back(c);
+    lse = lse || c->needs_lse(desc, ctx);
+  }
+  for (Control* c : active) c->before(call);
+  if (lse) {
+    std::tie(call.out, call.lse) = attention_with_lse(call.q, call.k, call.v, scale);
+  } else {
+    call.out = at::scaled_dot_product_attention(call.q, call.k, call.v, std::nullopt, 0.0, false,
+                                                scale > 0 ? std::optional<double>(scale) : std::nullopt);
+  }
+  for (Control* c : active) c->after(call);
+  return call.out;
+}
+
+void check_layers(const std::vector<int>& layers, const ModelShape& model, const std::string& flag) {
+  for (int l : layers)
+    if (l < 0 || l >= model.layers)
+      throw UsageError(flag + ": layer " + std::to_string(l) + " does not exist (the " + model.family + " model has " +
+                       std::to_string(model.layers) + " blocks, 0.." + std::to_string(model.layers - 1) + ")");
+}
+
+}  // namespace mmdit
