@@ -1,0 +1,279 @@
+// Attention controls (controls/, samplers/guidance.h) against their references (scripts/goldens/controls.py):
+// PAG = diffusers' StableDiffusion3PAGPipeline, SoftPAG = HeadHunter's processor, SLG on FLUX and CogVideoX,
+// APG / CFG-Zero* = diffusers' guiders, --text-scale, attention maps (explicit probabilities); STG against
+// STGuidance's own pipeline (tests/data/stg, scripts/reference/stg_official.py). Images within 1 level, tensors
+// within 1e-4 relative (float32 CPU).
+#include <fstream>
+#include <regex>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "controls/control.h"
+#include "core/image_io.h"
+#include "core/safetensors.h"
+#include "models/flux_transformer.h"
+#include "models/sd3_transformer.h"
+#include "samplers/guidance.h"
+#include "tests/test_controls_util.h"
+#include "tests/test_tensors.h"
+#include "tests/test_util.h"
+
+namespace mmdit {
+namespace {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+fs::path golden() { return fs::path(MMDIT_GOLDEN_DIR) / "controls"; }
+
+json read_json(const fs::path& p) {
+  std::ifstream in(p);
+  return json::parse(in);
+}
+
+int max_pixel_diff(const Image& a, const Image& b) {
+  EXPECT_EQ(a.width, b.width);
+  EXPECT_EQ(a.height, b.height);
+  if (a.pixels.size() != b.pixels.size()) return 256;
+  int m = 0;
+  for (size_t i = 0; i < a.pixels.size(); ++i) m = std::max(m, std::abs(int(a.pixels[i]) - int(b.pixels[i])));
+  return m;
+}
+
+int spread(const Image& img) {
+  int lo = 255, hi = 0;
+  for (auto v : img.pixels) lo = std::min<int>(lo, v), hi = std::max<int>(hi, v);
+  return hi - lo;
+}
+
+// Runs one golden case (cases.json entry) through `mmdit generate` and compares every image.
+void expect_case(const json& c, const fs::path& dir, const fs::path& model_dir, const std::string& extra = "") {
+  const std::string name = c["name"];
+  const auto out = test::temp_dir("controls_" + name);
+  std::string args = c["args"];
+  args = std::regex_replace(args, std::regex("MAPS"), (out / "maps").string());
+  const bool video = c.value("video", false);
+  const fs::path target = out / (video ? "f_%03d.png" : "out.png");
+  auto r = test::run_mmdit("generate -q --model " + (model_dir / c["model"].get<std::string>()).string() + " " + args +
+                               extra + " -o '" + target.string() + "'",
+                           name);
+  ASSERT_EQ(r.exit_code, 0) << name << ": " << r.err;
+  const auto& images = c["images"];
+  for (size_t i = 0; i < images.size(); ++i) {
+    char frame[32];
+    std::snprintf(frame, sizeof frame, "f_%03zu.png", i);
+    Image expected = read_png(dir / images[i].get<std::string>());
+    Image actual = read_png(video ? out / frame : target);
+    EXPECT_GT(spread(expected), 40) << name << ": golden image too flat to be a useful check";
+    EXPECT_LE(max_pixel_diff(actual, expected), 1) << name << " image " << i;
+  }
+}
+
+TEST(Controls, ImagesEqualTheReferenceImplementations) {
+  const json cases = read_json(golden() / "cases.json");
+  std::set<std::string> seen;
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    expect_case(c, golden(), golden());
+    seen.insert(c["name"]);
+  }
+  for (const char* n : {"pag_sd3_cfg", "pag_sd3_nocfg", "pag_sd3_adaptive", "softpag_sd3_cfg", "softpag_sd3_nocfg",
+                        "slg_flux", "slg_cogvideox", "attention_maps_sd3"})
+    EXPECT_TRUE(seen.count(n)) << n;
+}
+
+// STG against STGuidance's CogVideoXSTGPipeline, run on the tiny CogVideoX of the goldens (the images were made
+// by scripts/reference/stg_official.py with the official code, which cannot be fetched in CI).
+TEST(Controls, StgEqualsTheOfficialPipeline) {
+  const fs::path dir = test::source_dir() / "tests" / "data" / "stg";
+  const json cases = read_json(dir / "cases.json");
+  ASSERT_GE(cases.size(), 2u);
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    expect_case(c, dir, golden());
+  }
+}
+
+TEST(Controls, AttentionMapsAreTheExactProbabilities) {
+  const json cases = read_json(golden() / "cases.json");
+  for (const auto& c : cases) {
+    if (!c.contains("maps")) continue;
+    const auto out = test::temp_dir("controls_" + c["name"].get<std::string>());
+    std::string args = std::regex_replace(c["args"].get<std::string>(), std::regex("MAPS"), (out / "maps").string());
+    auto r = test::run_mmdit("generate -q --model " + (golden() / c["model"].get<std::string>()).string() + " " + args +
+                                 " -o " + (out / "out.png").string(),
+                             "maps");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto got = SafetensorsFile::open(out / "maps" / "maps.safetensors");
+    auto want = SafetensorsFile::open(golden() / c["maps"].get<std::string>());
+    const double e = test::rel_err(got->tensor("maps"), want->tensor("maps"));
+    std::printf("[controls] attention maps rel err %.3g\n", e);
+    EXPECT_LE(e, 1e-4);
+    const json tokens = json::parse(got->header().metadata.at("tokens"));
+    EXPECT_EQ(tokens, json::parse(want->header().metadata.at("tokens")));
+    // One PNG per token, named NN-word, at the output size; the contact sheet.
+    for (const auto& t : tokens) {
+      char stem[16];
+      std::snprintf(stem, sizeof stem, "%02d-", t[0].get<int>());
+      const fs::path png = out / "maps" / (stem + t[1].get<std::string>() + ".png");
+      ASSERT_TRUE(fs::exists(png)) << png;
+      Image m = read_png(png);
+      EXPECT_EQ(m.width, 128);
+      EXPECT_EQ(m.height, 128);
+      EXPECT_EQ(*std::max_element(m.pixels.begin(), m.pixels.end()), 255);
+    }
+    EXPECT_TRUE(fs::exists(out / "maps" / "overlay.png"));
+  }
+}
+
+TEST(Controls, GuidersEqualDiffusers) {
+  test::GoldenFile g(golden() / "guiders.safetensors");
+  at::Tensor running;
+  Guidance zero({true, false, 1.0, 15.0, 0.0, true, 1}, {}, {"sd3", 1, 0, 1});
+  for (int i = 0; i < 3; ++i) {
+    const std::string s = std::to_string(i);
+    at::Tensor cond = g["cond_" + s], uncond = g["uncond_" + s];
+    const double e = test::rel_err(apg_guidance(cond, uncond, 5.0, 0.3, 2.0, -0.5, running), g["apg_" + s]);
+    std::printf("[controls] APG step %d rel err %.3g\n", i, e);
+    EXPECT_LE(e, 1e-6);
+    // CFG-Zero* through the guidance stage: step 0 predicts zero without running the model.
+    ControlContext ctx = zero.context(i, 3, 999 - 300 * i, 2);
+    EXPECT_EQ(zero.zero_step(i), i == 0);
+    if (zero.zero_step(i)) {
+      EXPECT_EQ(g["zero_" + s].abs().max().item<float>(), 0.f);
+      continue;
+    }
+    const double z = test::rel_err(zero.combine(at::cat({uncond, cond}), ctx, 4.0), g["zero_" + s]);
+    std::printf("[controls] CFG-Zero* step %d rel err %.3g\n", i, z);
+    EXPECT_LE(z, 1e-6);
+  }
+}
+
+TEST(Controls, TextScaleEqualsScaledTextStream) {
+  test::GoldenFile g(golden() / "text_scale.safetensors");
+  torch::NoGradGuard ng;
+  GenerateRequest r;
+  auto sd3 = SD3Transformer::load(golden() / "tiny-sd3" / "transformer", at::kCPU, at::kFloat);
+  const auto& c = sd3->config();
+  r.text_scale = "0,2:1.7";
+  test::PassControls a(r, {"sd3", int(c.num_layers), 0, int(c.num_attention_heads)}, 2);
+  at::Tensor y = sd3->forward(g["sd3_hidden_states"], g["sd3_encoder_hidden_states"], g["sd3_pooled"], g["sd3_timestep"], &a.ctx);
+  const double e = test::rel_err(y, g["sd3_out"]);
+  std::printf("[controls] sd3 --text-scale rel err %.3g\n", e);
+  EXPECT_LE(e, 1e-4);
+  auto flux = FluxTransformer::load(golden() / "tiny-flux-dev" / "transformer", at::kCPU, at::kFloat);
+  const auto& fc = flux->config();
+  r.text_scale = "0,3:0.5";
+  test::PassControls b(r, {"flux", int(fc.num_layers + fc.num_single_layers), int(fc.num_layers), int(fc.num_attention_heads)}, 1);
+  at::Tensor yf = flux->forward(g["flux_hidden_states"], g["flux_encoder_hidden_states"], g["flux_pooled"],
+                                at::tensor({0.7f}), g["flux_img_ids"], g["flux_txt_ids"], at::tensor({3.5f}), &b.ctx);
+  const double ef = test::rel_err(yf, g["flux_out"]);
+  std::printf("[controls] flux --text-scale rel err %.3g\n", ef);
+  EXPECT_LE(ef, 1e-4);
+  // Without the control the output differs: the test can fail.
+  EXPECT_GT(test::rel_err(flux->forward(g["flux_hidden_states"], g["flux_encoder_hidden_states"], g["flux_pooled"],
+                                        at::tensor({0.7f}), g["flux_img_ids"], g["flux_txt_ids"], at::tensor({3.5f})),
+                          g["flux_out"]),
+            1e-3);
+}
+
+// The kernel that returns the log-sum-exp gives the plain kernel's output bit for bit, and the exact LSE.
+TEST(Controls, AttentionWithLseIsThePlainKernel) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  for (int64_t s : {37, 300}) {
+    at::Tensor q = at::randn({2, 3, s, 64}, gen), k = at::randn({2, 3, s, 64}, gen), v = at::randn({2, 3, s, 64}, gen);
+    auto [out, lse] = attention_with_lse(q, k, v);
+    EXPECT_TRUE(at::equal(out, at::scaled_dot_product_attention(q, k, v)));
+    at::Tensor ref = at::logsumexp(at::matmul(q.to(at::kDouble), k.to(at::kDouble).transpose(-2, -1)) / 8.0, -1);
+    EXPECT_LE(test::rel_err(lse, ref), 1e-6);
+  }
+}
+
+// u = 0: the perturbed heads are the unperturbed attention, so the perturbed branch equals cond and the image
+// is the plain run's, bit for bit.
+TEST(Controls, SoftPagWithUZeroIsThePlainImage) {
+  const fs::path model = golden() / "tiny-sd3";
+  const auto dir = test::temp_dir("controls_u0");
+  const std::string base = "generate -q --model " + model.string() + " --prompt 'a red star' --steps 3 --cfg 4 --seed 5 ";
+  auto a = test::run_mmdit(base + "-o " + (dir / "a.png").string(), "u0a");
+  auto b = test::run_mmdit(base + "--pag-scale 3 --pag-heads 0:0,1:1,2:0 --pag-u 0 -o " + (dir / "b.png").string(), "u0b");
+  auto c = test::run_mmdit(base + "--pag-scale 3 --pag-heads 0:0,1:1,2:0 --pag-u 0.5 -o " + (dir / "c.png").string(), "u0c");
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_EQ(read_png(dir / "a.png").pixels, read_png(dir / "b.png").pixels);
+  EXPECT_GT(max_pixel_diff(read_png(dir / "a.png"), read_png(dir / "c.png")), 1);  // u = 0.5 does perturb
+}
+
+TEST(Controls, BadControlsExitTwoWithOneLineAndNoOutput) {
+  const fs::path sd3 = golden() / "tiny-sd3";  // 3 blocks, 2 heads
+  const auto dir = test::temp_dir("controls_bad");
+  const std::string out = dir / "x.png";
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"--pag-scale 2 --pag-layers 3", "--pag-layers: layer 3 does not exist"},
+      {"--pag-scale 2 --pag-heads 1:2", "--pag-heads: head 2 does not exist"},
+      {"--pag-scale 2 --pag-heads 1-2", "--pag-heads: expected layer:head pairs"},
+      {"--pag-scale 2 --pag-layers 1,x", "--pag-layers: expected comma-separated layer numbers"},
+      {"--pag-scale 2 --pag-u 1.5", "--pag-u"},
+      {"--pag-scale -1", "--pag-scale"},
+      {"--pag-layers 1", "needs --pag-scale"},
+      {"--pag-scale 1 --pag-mode half", "--pag-mode: expected image or full"},
+      {"--slg-scale 2", "--slg-scale: skip-layer guidance needs --slg-layers"},
+      {"--slg-scale 2 --slg-layers 5", "--slg-layers: layer 5 does not exist"},
+      {"--stg-scale 1", "--stg-scale: STG is for CogVideoX"},
+      {"--text-scale 0,1", "--text-scale: expected layers and a factor"},
+      {"--text-scale 7:2", "--text-scale: layer 7 does not exist"},
+      {"--skip-blocks 0,1,2", "--skip-blocks: leaves out every block"},
+      {"--attention-maps-layers 1", "attention maps need --attention-maps"},
+      {"--apg-momentum 3", "--apg-momentum"},
+  };
+  for (const auto& [args, message] : bad) {
+    auto r = test::run_mmdit("generate --model " + sd3.string() + " --prompt a --steps 2 " + args + " -o " + out, "bad");
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
+    EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
+    EXPECT_FALSE(fs::exists(out)) << args;
+  }
+}
+
+// Every control is a job key and goes into the PNG: the image's own metadata, run as a job, gives it again.
+TEST(Controls, MetadataReproducesTheRun) {
+  const fs::path model = golden() / "tiny-sd3";
+  const auto dir = test::temp_dir("controls_meta");
+  auto r = test::run_mmdit("generate -q --model " + model.string() +
+                               " --prompt 'a blue cross' --steps 3 --cfg 4 --seed 9 --pag-scale 2 --pag-heads 1:0 "
+                               "--pag-u 0.7 --pag-mode full --slg-scale 1 --slg-layers 2 --slg-start 0 --slg-stop 1 "
+                               "--text-scale 0:1.2 --apg-eta 0.5 -o " + (dir / "a.png").string(),
+                           "meta");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json meta = json::parse(read_png_text(dir / "a.png").at("mmdit"));
+  for (const char* k : {"pag_scale", "pag_heads", "pag_u", "pag_mode", "slg_scale", "slg_layers", "slg_start", "slg_stop",
+                        "text_scale", "apg_eta", "apg_norm_threshold", "apg_momentum"})
+    EXPECT_TRUE(meta.contains(k)) << k << " in " << meta.dump();
+  EXPECT_EQ(meta["pag_heads"], "1:0");
+  EXPECT_FALSE(meta.contains("stg_scale"));
+  json job = meta;
+  job.erase("batch_index");
+  job["output"] = (dir / "b.png").string();
+  std::ofstream(dir / "job.json") << json({{"jobs", {job}}}).dump();
+  auto j = test::run_mmdit("run " + (dir / "job.json").string(), "meta_job");
+  ASSERT_EQ(j.exit_code, 0) << j.err;
+  EXPECT_EQ(read_png(dir / "a.png").pixels, read_png(dir / "b.png").pixels);
+}
+
+TEST(Controls, HelpGroupsTheFlagsByTopic) {
+  auto r = test::run_mmdit("generate --help", "help");
+  ASSERT_EQ(r.exit_code, 0);
+  size_t last = 0;
+  for (const char* g : {"Model:", "Image:", "Guidance:", "Controls:", "Video:", "Encoders:"}) {
+    const size_t at = r.out.find(g);
+    ASSERT_NE(at, std::string::npos) << g << "\n" << r.out;
+    EXPECT_GT(at, last) << g;
+    last = at;
+  }
+  EXPECT_NE(r.out.find("--pag-heads"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace mmdit
