@@ -11,6 +11,7 @@
 #include "apps/commands.h"
 #include "apps/request_flags.h"
 #include "core/attention.h"
+#include "core/errors.h"
 #include "core/torch_util.h"
 #include "core/weights.h"
 #include "models/pipeline.h"
@@ -25,6 +26,7 @@ struct BenchOptions {
   int runs = 2;
   int warmup_steps = 0;  // 0: as many as the timed runs
   std::string attention = "auto";
+  std::vector<std::string> variants;
 };
 
 double now_s() {
@@ -37,20 +39,13 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
-void run_bench(BenchOptions& o) {
-  finish_request_flags(*o.flags);
-  GenerateRequest& r = o.req;
-  set_attention_backend(o.attention);
-  if (o.random_weights) set_random_weights(true, r.device);
+// Times one request on the loaded pipeline and prints its JSON line.
+void time_request(Pipeline& pipe, GenerateRequest r, const BenchOptions& o, double load_s, const std::string& variant) {
+  pipe.resolve(r);
   const bool cuda = r.device.rfind("cuda", 0) == 0;
   auto sync = [&] {
     if (cuda) torch::cuda::synchronize();
   };
-  double t0 = now_s();
-  auto pipe = load_pipeline(r);
-  pipe->resolve(r);
-  sync();
-  const double load_s = now_s() - t0;
   std::vector<double> totals, steps;
   for (int run = 0; run <= o.runs; ++run) {  // run 0 warms up (kernel selection, allocator)
     GenerateRequest q = r;
@@ -65,23 +60,52 @@ void run_bench(BenchOptions& o) {
       sync();  // per-step times need the device to finish the step
       stamps.push_back(now_s());
     };
-    if (pipe->is_video()) pipe->generate_video(q, on_step);
-    else pipe->generate(q, on_step);
+    if (pipe.is_video()) pipe.generate_video(q, on_step);
+    else pipe.generate(q, on_step);
     sync();
     if (run == 0) continue;
     totals.push_back(now_s() - start);
     for (size_t i = 2; i < stamps.size(); ++i) steps.push_back(stamps[i] - stamps[i - 1]);  // step 1 includes encoding
   }
-  nlohmann::ordered_json j = {{"impl", "mmdit"}, {"model", pipe->name()}, {"device", r.device}, {"dtype", r.dtype},
-                              {"width", r.width}, {"height", r.height}, {"frames", r.frames},
+  nlohmann::ordered_json j = {{"impl", "mmdit"}, {"model", pipe.name()}, {"variant", variant}, {"device", r.device},
+                              {"dtype", r.dtype}, {"width", r.width}, {"height", r.height}, {"frames", r.frames},
                               {"steps", r.steps}, {"cfg", r.cfg}, {"batch", r.batch},
-                              {"request", request_json(r)},
                               {"attention", o.attention}, {"random_weights", o.random_weights},
                               {"load_s", load_s}, {"step_ms", median(steps) * 1000.0},
                               {"pipeline_s", median(totals)}, {"runs", o.runs},
                               {"vae_tiling", r.vae_tiling},
-                              {"peak_memory_gib", double(peak_device_memory(at::Device(r.device))) / (1u << 30)}};
+                              {"peak_memory_gib", double(peak_device_memory(at::Device(r.device))) / (1u << 30)},
+                              {"request", request_json(r)}};
   std::printf("%s\n", j.dump().c_str());
+  std::fflush(stdout);
+}
+
+void run_bench(BenchOptions& o) {
+  finish_request_flags(*o.flags);
+  const GenerateRequest& r = o.req;
+  set_attention_backend(o.attention);
+  if (o.random_weights) set_random_weights(true, r.device);
+  const double t0 = now_s();
+  auto pipe = load_pipeline(r);
+  if (r.device.rfind("cuda", 0) == 0) torch::cuda::synchronize();
+  const double load_s = now_s() - t0;
+  time_request(*pipe, r, o, load_s, "");
+  // Each --variant: the same request with some flags changed, on the pipeline already loaded.
+  for (const std::string& v : o.variants) {
+    auto f = std::make_shared<RequestFlags>();
+    f->req = r;
+    CLI::App parser("variant");
+    add_request_flags(&parser, f, [](const RequestOption& opt) {
+      return opt.group == "Guidance" || opt.group == "Controls" || opt.key == "batch";
+    });
+    try {
+      parser.parse(v, false);
+    } catch (const CLI::ParseError& e) {
+      throw UsageError("--variant '" + v + "': " + e.what());
+    }
+    finish_request_flags(*f);
+    time_request(*pipe, f->req, o, load_s, v);
+  }
 }
 
 }  // namespace
@@ -106,6 +130,9 @@ Command add_bench_command(CLI::App& app) {
   sub->add_flag("--random-weights", o->random_weights, "Make random weights on the device instead of loading files");
   sub->add_option("--batch", r.batch, "Images per run (--batch 3 --cfg 1: three plain rows, a baseline)")
       ->check(CLI::Range(1, 64));
+  sub->add_option("--variant", o->variants,
+                  "Also time the request with these flags changed, e.g. '--pag-scale 3 --pag-layers 13' (repeatable; "
+                  "the pipeline is loaded once)");
   // The guidance and control flags of `generate`, to time what a control costs.
   add_request_flags(sub, o->flags, [](const RequestOption& opt) {
     return (opt.group == "Guidance" || opt.group == "Controls") && opt.key != "cfg";

@@ -38,13 +38,10 @@ std::string file_word(const std::string& w) {
 
 std::string two_digits(int64_t i) { return (i < 10 ? "0" : "") + std::to_string(i); }
 
-// [H, W] float in [0, 1] -> a gray Image.
-Image gray(const at::Tensor& m) {
-  at::Tensor u8 = (m.clamp(0, 1) * 255).round().to(at::kByte).contiguous();
-  Image img;
-  img.height = int(m.size(0)), img.width = int(m.size(1)), img.channels = 1;
-  img.pixels.assign(u8.data_ptr<uint8_t>(), u8.data_ptr<uint8_t>() + u8.numel());
-  return img;
+// [H, W] (gray) or [H, W, 3] floats in [0, 1] -> an Image.
+Image to_image(const at::Tensor& t) {
+  at::Tensor hwc = t.dim() == 2 ? t.unsqueeze(-1) : t;
+  return images_from_u8((hwc.clamp(0, 1) * 255).round().to(at::kByte).unsqueeze(0))[0];
 }
 
 // An Image as float [H, W, 3] in [0, 1].
@@ -52,14 +49,6 @@ at::Tensor rgb(const Image& img) {
   at::Tensor t = at::from_blob(const_cast<uint8_t*>(img.pixels.data()), {img.height, img.width, img.channels}, at::kByte);
   t = t.to(at::kFloat) / 255;
   return img.channels == 3 ? t : t.narrow(2, 0, 1).expand({img.height, img.width, 3});
-}
-
-Image to_image(const at::Tensor& hwc) {
-  at::Tensor u8 = (hwc.clamp(0, 1) * 255).round().to(at::kByte).contiguous();
-  Image img;
-  img.height = int(hwc.size(0)), img.width = int(hwc.size(1)), img.channels = 3;
-  img.pixels.assign(u8.data_ptr<uint8_t>(), u8.data_ptr<uint8_t>() + u8.numel());
-  return img;
 }
 
 class AttentionMaps : public Control {
@@ -125,11 +114,11 @@ class AttentionMaps : public Control {
     for (size_t t = 0; t < g.words.size(); ++t) {
       const std::string stem = two_digits(g.words[t].first) + "-" + file_word(g.words[t].second);
       if (!video) {
-        write_png(dir / (stem + ".png"), gray(up[long(t)][0]));
+        write_png(dir / (stem + ".png"), to_image(up[long(t)][0]));
         continue;
       }
       std::vector<Image> seq;
-      for (int64_t f = 0; f < g.frames; ++f) seq.push_back(gray(up[long(t)][f]));
+      for (int64_t f = 0; f < g.frames; ++f) seq.push_back(to_image(up[long(t)][f]));
       VideoOptions opts;
       // One map per latent frame, played over the video's duration.
       opts.fps = std::max(1, int(std::lround(double(g.fps) * double(g.frames) / double(std::max<size_t>(1, frames.size())))));

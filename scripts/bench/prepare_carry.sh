@@ -24,5 +24,8 @@ for g in sd3_pipeline flux cogvideox; do
     cp -r build/goldens/$g/$m .carry/goldens/$g/
   done
 done
+# The attention-control cases (scripts/bench/controls_check.py): models, images, maps golden.
+cp -r build/goldens/controls .carry/goldens/controls
+rm -f .carry/goldens/controls/.stamp .carry/goldens/controls/guiders.safetensors .carry/goldens/controls/text_scale.safetensors
 cp build/goldens/sd3_pipeline/sd3_square_cfg.png .carry/
 du -sh .carry .whl

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# GPU-box round for the attention controls (run through the device tool from the repo root, carrying .carry; make
+# .carry with scripts/bench/prepare_carry.sh after a ctest run, which also copies build/goldens/controls):
+#   1. builds mmdit against the box's torch;
+#   2. every control golden case (scripts/goldens/controls.py, tests/data/stg) on CUDA in f32 and bf16 against the
+#      CPU float32 images, and the attention maps against the explicit-probability golden: the log-sum-exp the
+#      CUDA kernels return (flash, memory-efficient, cuDNN) must give the CPU's maps;
+#   3. times the controls' overhead on full-size models with random bf16 weights (mmdit bench --variant: one
+#      loaded pipeline per model): SD3.5-large 1024² plain CFG (2 rows), three plain rows (--batch 3 --cfg 1),
+#      PAG on one layer (image and full identity), SoftPAG on 9 heads, attention maps; FLUX.1-dev 1024² plain and
+#      with attention maps (peak memory).
+# Results: $OUT/results.jsonl (one JSON line per case or timing) and $OUT/log.txt.
+#   scripts/bench/controls_round.sh [check] [sd35l] [flux]   (default: all three)
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1
+WHAT=${*:-check sd35l flux}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+start=$(date +%s)
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMMDIT_BUILD_TESTS=OFF -DMMDIT_WITH_FFMPEG=OFF \
+  -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$OUT/cmake.txt" 2>&1 \
+  || { tail -30 "$OUT/cmake.txt"; exit 1; }
+cmake --build build-gpu -j16 > "$OUT/build.txt" 2>&1 || { grep -E "error" -A3 "$OUT/build.txt" | head -40; exit 1; }
+echo "built in $(( $(date +%s) - start )) s"
+M=$PWD/build-gpu/mmdit
+R="$OUT/results.jsonl"
+L=.carry/layouts
+for w in $WHAT; do case $w in
+  check)
+    python3 scripts/bench/controls_check.py "$M" .carry/goldens/controls tests/data/stg | tee -a "$R" ;;
+  sd35l)
+    # The 9 heads: HeadHunter's SD3 examples (Fig. 32), as layer:head pairs of SD3.5-large's 38 x 38.
+    $M bench --model $L/sd3.5-large --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
+      --steps 10 --warmup-steps 3 --cfg 7 \
+      --variant '--cfg 1 --batch 3' \
+      --variant '--pag-scale 3 --pag-layers 13' \
+      --variant '--pag-scale 3 --pag-layers 13 --pag-mode full' \
+      --variant '--pag-scale 3 --pag-heads 13:18,0:2,0:3,0:4,14:1,14:7,15:3,15:20,16:3 --pag-u 0.5' \
+      --variant '--attention-maps /tmp/maps-sd35l' | tee -a "$R" ;;
+  flux)
+    $M bench --model $L/flux-dev --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
+      --steps 10 --warmup-steps 3 \
+      --variant '--attention-maps /tmp/maps-flux' \
+      --variant '--pag-scale 3 --pag-layers 20 --pag-mode full' | tee -a "$R" ;;
+esac; echo "$w done after $(( $(date +%s) - start )) s"; done
+echo "round done"
