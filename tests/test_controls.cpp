@@ -262,6 +262,46 @@ TEST(Controls, MetadataReproducesTheRun) {
   EXPECT_EQ(read_png(dir / "a.png").pixels, read_png(dir / "b.png").pixels);
 }
 
+// Video models: one map per latent frame, an MP4 per token (FFmpeg) and the raw maps on the frames x h x w grid.
+TEST(Controls, VideoAttentionMapsHaveOneMapPerLatentFrame) {
+  const auto dir = test::temp_dir("controls_video_maps");
+  auto r = test::run_mmdit("generate -q --model " + (golden() / "tiny-cogvideox-2b").string() +
+                               " --prompt 'a red circle' --steps 2 --frames 9 --width 48 --height 64 --seed 3 "
+                               "--max-sequence-length 16 --attention-maps " + (dir / "maps").string() +
+                               " -o '" + (dir / "f_%03d.png").string() + "'",
+                           "video_maps");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto f = SafetensorsFile::open(dir / "maps" / "maps.safetensors");
+  at::Tensor maps = f->tensor("maps");
+  const json tokens = json::parse(f->header().metadata.at("tokens"));
+  ASSERT_GE(tokens.size(), 3u);
+  // 9 frames -> 3 latent frames; 64x48 pixels -> 8x6 latents -> 4x3 tokens at patch size 2.
+  EXPECT_EQ(maps.sizes(), at::IntArrayRef({int64_t(tokens.size()), 3, 4, 3}));
+  char stem[16];
+  std::snprintf(stem, sizeof stem, "%02d-", tokens[0][0].get<int>());
+  EXPECT_TRUE(fs::exists(dir / "maps" / (stem + tokens[0][1].get<std::string>() + ".mp4")));
+  EXPECT_TRUE(fs::exists(dir / "maps" / "overlay.png"));
+}
+
+// The before() hook: a control may replace Q, K or V before the kernel (here V doubled: the output doubles).
+TEST(Controls, BeforeHookReplacesTheKernelInputs) {
+  struct DoubleV : Control {
+    std::string name() const override { return "double-v"; }
+    bool touches(const AttentionDesc& d, const ControlContext&) const override { return d.layer == 1; }
+    void before(AttentionCall& call) override { call.v = call.v * 2; }
+  } control;
+  ControlContext ctx;
+  ctx.controls = {&control};
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(4);
+  at::Tensor q = at::randn({1, 2, 10, 16}, gen), k = at::randn({1, 2, 10, 16}, gen), v = at::randn({1, 2, 10, 16}, gen);
+  AttentionDesc d;
+  d.controls = &ctx;
+  d.layer = 0;
+  EXPECT_TRUE(at::equal(attention(q, k, v, d), at::scaled_dot_product_attention(q, k, v)));  // untouched layer
+  d.layer = 1;
+  EXPECT_TRUE(at::allclose(attention(q, k, v, d), 2 * at::scaled_dot_product_attention(q, k, v)));
+}
+
 TEST(Controls, HelpGroupsTheFlagsByTopic) {
   auto r = test::run_mmdit("generate --help", "help");
   ASSERT_EQ(r.exit_code, 0);
