@@ -9,6 +9,13 @@ void add_request_flags(CLI::App* sub, const std::shared_ptr<RequestFlags>& f,
   GenerateRequest& r = f->req;
   for (const RequestOption& o : request_options()) {
     if (keep && !keep(o)) continue;
+    if (o.type == RequestOption::Type::Regions) {  // the job key "regions" is two repeatable flags
+      sub->add_option("--region", f->region_boxes, "Regional prompt in a box: X0,Y0,X1,Y1:PROMPT (output pixels, right "
+                      "and bottom exclusive); repeatable; --prompt is the base prompt")->group(o.group);
+      sub->add_option("--region-mask", f->region_masks, "Regional prompt in a mask image: FILE.png:PROMPT (white = the "
+                      "region); repeatable")->group(o.group);
+      continue;
+    }
     const std::string names = (o.short_flag.empty() ? "" : "-" + o.short_flag + ",") + o.long_flag();
     CLI::Option* opt = nullptr;
     switch (o.type) {
@@ -24,6 +31,7 @@ void add_request_flags(CLI::App* sub, const std::shared_ptr<RequestFlags>& f,
         break;
       case RequestOption::Type::IntList: opt = sub->add_option(names, f->lists[o.key], o.help); break;
       case RequestOption::Type::Flag: opt = sub->add_flag(names, r.*o.flag, o.help); break;
+      case RequestOption::Type::Regions: break;  // handled above
     }
     opt->group(o.group);
     if (o.required) opt->required();
@@ -47,6 +55,8 @@ void finish_request_flags(RequestFlags& f) {
   }
   for (const auto& [o, opt] : f.given)
     if (opt->count() > 0) r.*o->enables = true;
+  for (const auto& b : f.region_boxes) r.regions.push_back(parse_region_box(b));
+  for (const auto& m : f.region_masks) r.regions.push_back(parse_region_mask(m));
   parse_head_list(r.pag_heads, "--pag-heads");
   if (!r.text_scale.empty()) parse_layer_scale(r.text_scale, "--text-scale");
 }

@@ -45,7 +45,7 @@ bool touched(const AttentionDesc& desc) {
 at::Tensor controlled_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionDesc& desc,
                                 double scale) {
   const ControlContext& ctx = *desc.controls;
-  AttentionCall call{desc, ctx, q, k, v, scale > 0 ? scale : 1.0 / std::sqrt(double(q.size(-1))), {}, {}};
+  AttentionCall call{desc, ctx, q, k, v, scale > 0 ? scale : 1.0 / std::sqrt(double(q.size(-1))), {}, {}, {}};
   std::vector<Control*> active;
   bool lse = false;
   for (Control* c : ctx.controls) {
@@ -54,10 +54,11 @@ at::Tensor controlled_attention(const at::Tensor& q, const at::Tensor& k, const 
     lse = lse || c->needs_lse(desc, ctx);
   }
   for (Control* c : active) c->before(call);
+  const auto mask = call.mask.defined() ? std::optional<at::Tensor>(call.mask) : std::nullopt;
   if (lse) {
-    std::tie(call.out, call.lse) = attention_with_lse(call.q, call.k, call.v, scale);
+    std::tie(call.out, call.lse) = attention_with_lse(call.q, call.k, call.v, scale, mask);
   } else {
-    call.out = at::scaled_dot_product_attention(call.q, call.k, call.v, std::nullopt, 0.0, false,
+    call.out = at::scaled_dot_product_attention(call.q, call.k, call.v, mask, 0.0, false,
                                                 scale > 0 ? std::optional<double>(scale) : std::nullopt);
   }
   for (Control* c : active) c->after(call);

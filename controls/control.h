@@ -21,8 +21,9 @@ namespace mmdit {
 
 struct GenerateRequest;
 
-// What a batch row is for: the negative prompt, the prompt, or the prompt through a perturbed network.
-enum class Branch { Uncond, Cond, Perturbed };
+// What a batch row is for: the negative prompt, the prompt, the prompt through a perturbed network, or a helper
+// row whose prediction is not used (regional prompting's base prompt, whose image stream the cond rows blend in).
+enum class Branch { Uncond, Cond, Perturbed, Base };
 
 // Rows [begin, end) of the batch that run one branch (one row per image of the batch).
 struct BranchRows {
@@ -72,6 +73,7 @@ struct AttentionCall {
   const ControlContext& ctx;
   at::Tensor q, k, v;  // [B, H, S, D], after QK-norm and RoPE
   double scale;        // softmax scale
+  at::Tensor mask;     // set by a control's before(): bool [B or 1, 1, S, S], true = attend (undefined: none)
   at::Tensor out;      // [B, H, S, D], after the kernel
   at::Tensor lse;      // [B, H, S] float32 log-sum-exp of each query row, when a control asked for it
 
@@ -96,6 +98,8 @@ class Control {
   virtual double guidance_scale(int step, int num_steps, double timestep) const { return 0.0; }
   // Whether the guided prediction is rescaled to the cond prediction's spread (STG's do_rescaling).
   virtual bool rescales() const { return false; }
+  // Whether this step's batch needs the Branch::Base helper rows (regional prompting).
+  virtual bool wants_base_rows(int step) const { return false; }
   int branch_id = -1;  // the id of this control's Perturbed branch (set by the guidance stage)
 
   // The block-level hook.

@@ -18,6 +18,7 @@ const Entry kControls[] = {
     {"text-scale", make_text_scale},
     {"skip-blocks", make_skip_blocks},
     {"attention-maps", make_attention_maps},
+    {"regions", make_regional},
 };
 
 }  // namespace

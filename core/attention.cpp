@@ -1,6 +1,7 @@
 #include "core/attention.h"
 
 #include <cmath>
+#include <limits>
 
 #include <ATen/Context.h>
 #include <ATen/SDPBackend.h>
@@ -26,14 +27,22 @@ namespace {
 
 std::optional<double> scale_arg(double scale) { return scale > 0 ? std::optional<double>(scale) : std::nullopt; }
 
-// log-sum-exp of q k^T * scale per query row, float32, in chunks of rows: O(chunk x S) memory.
-at::Tensor lse_in_chunks(const at::Tensor& q, const at::Tensor& k, double scale) {
+// log-sum-exp of q k^T * scale per query row (over the keys a bool mask allows), float32, in chunks of rows:
+// O(chunk x S) memory.
+at::Tensor lse_in_chunks(const at::Tensor& q, const at::Tensor& k, double scale, const std::optional<at::Tensor>& mask) {
   const double s = scale > 0 ? scale : 1.0 / std::sqrt(double(q.size(-1)));
   const int64_t rows = q.size(2), chunk = 1024;
   at::Tensor kt = k.to(at::kFloat).transpose(-2, -1);
   std::vector<at::Tensor> parts;
-  for (int64_t r = 0; r < rows; r += chunk)
-    parts.push_back(at::logsumexp(at::matmul(q.narrow(2, r, std::min(chunk, rows - r)).to(at::kFloat), kt) * s, -1));
+  for (int64_t r = 0; r < rows; r += chunk) {
+    const int64_t n = std::min(chunk, rows - r);
+    at::Tensor scores = at::matmul(q.narrow(2, r, n).to(at::kFloat), kt) * s;
+    if (mask) {
+      at::Tensor m = mask->size(2) == 1 ? *mask : mask->narrow(2, r, n);
+      scores = scores.masked_fill(m.logical_not(), -std::numeric_limits<float>::infinity());
+    }
+    parts.push_back(at::logsumexp(scores, -1));
+  }
   return at::cat(parts, 2);
 }
 
@@ -56,8 +65,10 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 }
 
 std::pair<at::Tensor, at::Tensor> attention_with_lse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                     double scale) {
+                                                     double scale, const std::optional<at::Tensor>& mask) {
   const auto s = scale_arg(scale);
+  if (mask)
+    return {at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, s), lse_in_chunks(q, k, scale, mask)};
   const auto choice = static_cast<at::SDPBackend>(at::_fused_sdp_choice(q, k, v, std::nullopt, 0.0, false, s));
   at::Tensor out, lse;
   // The private ops at::scaled_dot_product_attention itself dispatches to, asked for the LSE as well: the
@@ -77,7 +88,7 @@ std::pair<at::Tensor, at::Tensor> attention_with_lse(const at::Tensor& q, const 
     out = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false, s);
   }
   at::Tensor rows = lse.defined() ? lse_rows(lse, q) : at::Tensor();
-  if (!rows.defined()) rows = lse_in_chunks(q, k, scale);
+  if (!rows.defined()) rows = lse_in_chunks(q, k, scale, std::nullopt);
   return {out, rows};
 }
 

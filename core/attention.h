@@ -39,10 +39,11 @@ void set_attention_backend(const std::string& name);
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionDesc& desc,
                      const std::optional<at::Tensor>& mask = std::nullopt, double scale = 0.0);
 
-// The same kernel as attention() picks for these inputs (no mask), also returning the log-sum-exp of each
-// query row's scaled scores, [B, H, S] float32: {output, lse}. For a math-kernel fallback the LSE is computed
-// in chunks of query rows, never as one S x S matrix.
+// The same kernel as attention() picks for these inputs, also returning the log-sum-exp of each query row's
+// scaled scores, [B, H, S] float32: {output, lse}. With a mask, or for a math-kernel fallback, the LSE is
+// computed in chunks of query rows, never as one S x S matrix of scores.
 std::pair<at::Tensor, at::Tensor> attention_with_lse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                     double scale = 0.0);
+                                                     double scale = 0.0,
+                                                     const std::optional<at::Tensor>& mask = std::nullopt);
 
 }  // namespace mmdit

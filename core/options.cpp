@@ -4,6 +4,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 
 #include "core/errors.h"
@@ -139,6 +140,20 @@ std::vector<RequestOption> make_options() {
       .job_help = "Folder for attention maps (created; relative to the job file's folder; {index}, {seed}, "
                   "{prompt_slug} and {date} as in output)";
   t.layers("attention_maps_layers", "Layers averaged into the attention maps (default: all)", &R::attention_maps_layers);
+  {
+    RequestOption& o = t.add("regions", "", "Regional prompts: --region X0,Y0,X1,Y1:PROMPT (a box in output pixels, right "
+                             "and bottom exclusive) or --region-mask FILE.png:PROMPT (white = the region); repeatable; "
+                             "--prompt is the base prompt", Type::Regions);
+    o.job_help = "Regional prompts: [{\"box\": [x0, y0, x1, y1], \"prompt\": ...} (output pixels, right and bottom "
+                 "exclusive) or {\"mask\": \"file.png\", \"prompt\": ...} (white = the region; relative to the job "
+                 "file's folder)]; \"prompt\" is the base prompt";
+  }
+  t.number("region_base_ratio", "Regional prompts: weight of the base prompt in every block (default 0.3)",
+           &R::region_base_ratio, 0, 1);
+  t.integer("region_steps", "", "Regional prompts: the first steps that use the regions (default 10)", &R::region_steps,
+            0, std::nullopt);
+  t.str("region_background", "", "Regional prompts: prompt of the area no region covers (default: the base prompt)",
+        Type::String, &R::region_background);
 
   t.group = "Video";
   t.integer("frames", "", "Video frames, 4k+1 (video models; default: the model's, 49 for CogVideoX)", &R::frames, 0,
@@ -304,6 +319,40 @@ std::pair<std::vector<int>, double> parse_layer_scale(const std::string& s, cons
   return {parse_layer_list(s.substr(0, colon), flag), f};
 }
 
+GenerateRequest::Region parse_region_box(const std::string& s) {
+  const size_t colon = s.find(':');
+  const auto xy = colon == std::string::npos ? std::vector<std::string>{} : split(s.substr(0, colon), ',');
+  GenerateRequest::Region r;
+  int* c[4] = {&r.x0, &r.y0, &r.x1, &r.y1};
+  bool ok = xy.size() == 4;
+  for (size_t i = 0; ok && i < 4; ++i) {
+    ok = small_uint(xy[i]);
+    if (ok) *c[i] = std::stoi(xy[i]);
+  }
+  if (!ok || colon + 1 >= s.size())
+    throw UsageError("--region: expected X0,Y0,X1,Y1:PROMPT (a box in output pixels), got " + quoted(s));
+  if (r.x1 <= r.x0 || r.y1 <= r.y0)
+    throw UsageError("--region " + s.substr(0, colon) + ": an empty box (right and bottom are exclusive)");
+  r.prompt = s.substr(colon + 1);
+  return r;
+}
+
+GenerateRequest::Region parse_region_mask(const std::string& s) {
+  // FILE:PROMPT, the file name ending in an image extension (so a path may hold ':').
+  std::string lower = s;
+  for (auto& c : lower) c = char(std::tolower(static_cast<unsigned char>(c)));
+  size_t colon = std::string::npos;
+  for (const char* ext : {".png:", ".jpg:", ".jpeg:"})
+    if (size_t at = lower.find(ext); at != std::string::npos) colon = std::min(colon, at + std::strlen(ext) - 1);
+  if (colon == std::string::npos) colon = s.find(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= s.size())
+    throw UsageError("--region-mask: expected FILE.png:PROMPT, got " + quoted(s));
+  GenerateRequest::Region r;
+  r.mask = s.substr(0, colon);
+  r.prompt = s.substr(colon + 1);
+  return r;
+}
+
 std::string template_problem(const std::string& t, bool output) {
   if (t.empty()) return "must not be empty";
   size_t pos = 0;
@@ -444,6 +493,38 @@ void check_option(const RequestOption& o, const nlohmann::json& v, const std::st
       }
       break;
     }
+    case Type::Regions: {
+      if (!v.is_array() || v.empty()) {
+        bad_got("expected a non-empty array of {\"box\": [x0, y0, x1, y1], \"prompt\": ...} or {\"mask\": ..., \"prompt\": ...}");
+        break;
+      }
+      for (size_t i = 0; i < v.size(); ++i) {
+        const auto& e = v[i];
+        const std::string ati = at + "[" + std::to_string(i) + "]";
+        const bool box = e.is_object() && e.contains("box"), mask = e.is_object() && e.contains("mask");
+        if (!e.is_object() || box == mask || !e.contains("prompt") || !e["prompt"].is_string() || e.size() != 2) {
+          problems.push_back(ati + ": expected {\"box\": [x0, y0, x1, y1], \"prompt\": ...} or {\"mask\": \"file.png\", "
+                             "\"prompt\": ...}, got " + shown(e));
+          continue;
+        }
+        if (box) {
+          const auto& b = e["box"];
+          long double x[4];
+          bool ok = b.is_array() && b.size() == 4;
+          for (size_t k = 0; ok && k < 4; ++k) ok = json_integer(b[k], x[k]) && x[k] >= 0 && x[k] <= INT_MAX;
+          if (!ok) problems.push_back(ati + ".box: expected [x0, y0, x1, y1] in output pixels, got " + shown(b));
+          else if (x[2] <= x[0] || x[3] <= x[1])
+            problems.push_back(ati + ".box: an empty box (right and bottom are exclusive), got " + shown(b));
+        } else {
+          std::error_code ec;
+          if (!e["mask"].is_string() || e["mask"].get<std::string>().empty())
+            problems.push_back(ati + ".mask: expected a file name, got " + shown(e["mask"]));
+          else if (!fs::is_regular_file(base_dir / e["mask"].get<std::string>(), ec))
+            problems.push_back(ati + ".mask: no such file: " + (base_dir / e["mask"].get<std::string>()).lexically_normal().string());
+        }
+      }
+      break;
+    }
     case Type::LayerScale: {
       if (!v.is_string()) bad_got("expected a string like \"0,1,2:1.5\"");
       else if (const std::string p = text_problem(o.type, v.get<std::string>()); !p.empty()) bad_got(p);
@@ -488,6 +569,22 @@ void apply_option(GenerateRequest& r, const RequestOption& o, const nlohmann::js
           json_integer(x, d);
           list.push_back(int(d));
         }
+      }
+      break;
+    }
+    case Type::Regions: {
+      r.regions.clear();
+      for (const auto& e : v) {
+        GenerateRequest::Region g;
+        g.prompt = e["prompt"].get<std::string>();
+        if (e.contains("mask")) {
+          const fs::path p(e["mask"].get<std::string>());
+          g.mask = (p.is_absolute() ? p : (base_dir / p).lexically_normal()).string();
+        } else {
+          const auto& b = e["box"];
+          g.x0 = b[0].get<int>(), g.y0 = b[1].get<int>(), g.x1 = b[2].get<int>(), g.y1 = b[3].get<int>();
+        }
+        r.regions.push_back(g);
       }
       break;
     }
@@ -544,6 +641,24 @@ nlohmann::ordered_json option_schema(const RequestOption& o) {
                       {{"type", "array"}, {"items", {{"type", "integer"}, {"minimum", 0}}}, {"minItems", 2}, {"maxItems", 2}}}},
                     {{"type", "string"}, {"pattern", "^[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*$"}}};
       break;
+    case Type::Regions: {
+      nlohmann::ordered_json box = {{"type", "object"},
+                                    {"properties",
+                                     {{"box", {{"type", "array"}, {"items", {{"type", "integer"}, {"minimum", 0}}},
+                                               {"minItems", 4}, {"maxItems", 4}}},
+                                      {"prompt", {{"type", "string"}}}}},
+                                    {"required", {"box", "prompt"}},
+                                    {"additionalProperties", false}};
+      nlohmann::ordered_json mask = {{"type", "object"},
+                                     {"properties", {{"mask", {{"type", "string"}, {"minLength", 1}}},
+                                                     {"prompt", {{"type", "string"}}}}},
+                                     {"required", {"mask", "prompt"}},
+                                     {"additionalProperties", false}};
+      p["type"] = "array";
+      p["minItems"] = 1;
+      p["items"] = {{"oneOf", {box, mask}}};
+      break;
+    }
     case Type::LayerScale:
       p["type"] = "string";
       p["pattern"] = "^[0-9]+(,[0-9]+)*:[0-9.eE+-]+$";
@@ -574,6 +689,14 @@ nlohmann::ordered_json request_json(const GenerateRequest& r) {
     else if (o.number && (r.*o.number != d.*o.number || o.enables)) j[o.key] = r.*o.number;
     else if (o.flag && r.*o.flag != d.*o.flag) j[o.key] = r.*o.flag;
     else if (o.list && r.*o.list != d.*o.list) j[o.key] = r.*o.list;
+  }
+  if (!r.regions.empty()) {
+    nlohmann::ordered_json regions = nlohmann::ordered_json::array();
+    for (const auto& g : r.regions) {
+      if (g.mask.empty()) regions.push_back({{"box", {g.x0, g.y0, g.x1, g.y1}}, {"prompt", g.prompt}});
+      else regions.push_back({{"mask", g.mask}, {"prompt", g.prompt}});
+    }
+    j["regions"] = regions;
   }
   return j;
 }

@@ -26,6 +26,8 @@ struct RequestOption {
     IntList,     // comma-separated on the CLI; an array of integers or "7,8,9" in a job file
     HeadList,    // "L:H,L:H" (layer:head pairs); in a job file also [[L, H], ...]
     LayerScale,  // "L,L:lambda" (layers and one factor)
+    Regions,     // job key "regions": [{"box": [x0, y0, x1, y1], "prompt": ...}, {"mask": FILE, "prompt": ...}];
+                 // CLI --region X0,Y0,X1,Y1:PROMPT and --region-mask FILE:PROMPT, repeatable
     Flag,        // a CLI flag without value; true/false in a job file
   };
   std::string key;         // job key, e.g. "negative_prompt"
@@ -66,6 +68,9 @@ nlohmann::ordered_json option_schema(const RequestOption& o);
 std::vector<int> parse_layer_list(const std::string& s, const std::string& flag);
 std::vector<std::pair<int, int>> parse_head_list(const std::string& s, const std::string& flag);
 std::pair<std::vector<int>, double> parse_layer_scale(const std::string& s, const std::string& flag);
+// "--region X0,Y0,X1,Y1:PROMPT" and "--region-mask FILE.png:PROMPT" values.
+GenerateRequest::Region parse_region_box(const std::string& s);
+GenerateRequest::Region parse_region_mask(const std::string& s);
 
 // The request as JSON, option by option: the core keys always, every other option that differs from its
 // default (what the PNG/MP4 metadata carry, so that a run can be reproduced as a job).

@@ -1,5 +1,6 @@
 #include "models/flux_pipeline.h"
 
+#include <climits>
 #include <map>
 #include <optional>
 
@@ -16,6 +17,7 @@
 #include "models/t5_tokenizer.h"
 #include "models/vae.h"
 #include "controls/control.h"
+#include "controls/regional.h"
 #include "samplers/flow_match.h"
 #include "samplers/guidance.h"
 
@@ -181,6 +183,17 @@ class FluxPipelineImpl : public Pipeline {
     };
     at::Tensor embeds = rep(pos.embeds), pooled = rep(pos.pooled), neg_embeds, neg_pooled;
     if (true_cfg) neg_embeds = rep(neg.embeds), neg_pooled = rep(neg.pooled);
+    // Regional prompts: the regions' encodings side by side are the cond text of the first steps
+    // (controls/regional.h), with zero text ids as the official pipeline.
+    at::Tensor regional_embeds;
+    if (!r.regions.empty()) {
+      std::vector<at::Tensor> parts;
+      for (const auto& p : region_layout(r, INT_MAX).prompts) parts.push_back(encode(p, r.max_sequence_length).embeds);
+      regional_embeds = rep(at::cat(parts, 1));
+    }
+    auto padded = [&](const at::Tensor& t) {  // to the regional text length, zeros after the prompt
+      return t.defined() ? at::constant_pad_nd(t, {0, 0, 0, regional_embeds.size(1) - t.size(1)}) : t;
+    };
 
     // prepare_latents: randn [B, C, 2*(H/16), 2*(W/16)] from the CPU generator in the model dtype, packed.
     const auto& tc = transformer_->config();
@@ -225,9 +238,12 @@ class FluxPipelineImpl : public Pipeline {
         const ControlContext ctx = guidance.context(i, sched.num_steps(), sched.timesteps()[size_t(i)], n);
         at::Tensor x = Guidance::by_branch(ctx, latents, latents);
         at::Tensor g = distilled.defined() ? Guidance::by_branch(ctx, distilled, distilled) : distilled;
-        at::Tensor pred = transformer_->forward(x, Guidance::by_branch(ctx, embeds, neg_embeds),
-                                                Guidance::by_branch(ctx, pooled, neg_pooled),
-                                                timesteps[i].expand({x.size(0)}), img_ids, txt_ids, g, &ctx);
+        const bool regional = ctx.find(Branch::Base) != nullptr;
+        at::Tensor text = regional ? Guidance::by_branch(ctx, regional_embeds, padded(neg_embeds), padded(embeds))
+                                   : Guidance::by_branch(ctx, embeds, neg_embeds);
+        at::Tensor pred = transformer_->forward(x, text, Guidance::by_branch(ctx, pooled, neg_pooled),
+                                                timesteps[i].expand({x.size(0)}), img_ids,
+                                                regional ? flux_text_ids(text.size(1), opts) : txt_ids, g, &ctx);
         v = guidance.combine(pred, ctx, r.cfg);
       }
       latents = sched.step(v, latents, i);

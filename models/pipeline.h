@@ -47,6 +47,20 @@ struct GenerateRequest {
   // Attention maps: a folder for the image->text maps of the prompt's tokens, and the layers averaged.
   std::string attention_maps;
   std::vector<int> attention_maps_layers;
+  // Regional prompts (Regional-Prompting-FLUX): boxes in output pixels (right and bottom exclusive) or mask
+  // images (white = the region), each with its prompt; `prompt` is the base prompt.
+  struct Region {
+    int x0 = 0, y0 = 0, x1 = 0, y1 = 0;  // the box, unless `mask` is set
+    std::string mask;                    // a mask image
+    std::string prompt;
+    bool operator==(const Region& o) const {
+      return x0 == o.x0 && y0 == o.y0 && x1 == o.x1 && y1 == o.y1 && mask == o.mask && prompt == o.prompt;
+    }
+  };
+  std::vector<Region> regions;
+  double region_base_ratio = 0.3;  // the official defaults (infer_flux_regional.py)
+  int region_steps = 10;
+  std::string region_background;  // prompt of the area no region covers (default: the base prompt)
   // Video models (CogVideoX). 0 / empty mean "the pipeline's default".
   int frames = 0, fps = 0, crf = 18;
   std::string sampler;  // "ddim" or "dpm" (default: the model's scheduler class)

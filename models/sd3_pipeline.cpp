@@ -1,5 +1,6 @@
 #include "models/sd3_pipeline.h"
 
+#include <climits>
 #include <map>
 #include <optional>
 
@@ -16,6 +17,7 @@
 #include "models/t5_tokenizer.h"
 #include "models/vae.h"
 #include "controls/control.h"
+#include "controls/regional.h"
 #include "samplers/flow_match.h"
 #include "samplers/guidance.h"
 
@@ -252,6 +254,16 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
     return t.repeat(reps);
   };
   at::Tensor embeds = rep(pos.embeds), pooled = rep(pos.pooled), neg_embeds = rep(neg.embeds), neg_pooled = rep(neg.pooled);
+  // Regional prompts: the regions' encodings side by side are the cond text of the first steps (controls/regional.h).
+  at::Tensor regional_embeds;
+  if (!r.regions.empty()) {
+    std::vector<at::Tensor> parts;
+    for (const auto& p : region_layout(r, INT_MAX).prompts) parts.push_back(encode(p, r.max_sequence_length).embeds);
+    regional_embeds = rep(at::cat(parts, 1));
+  }
+  auto padded = [&](const at::Tensor& t) {  // to the regional text length, zeros after the prompt
+    return t.defined() ? at::constant_pad_nd(t, {0, 0, 0, regional_embeds.size(1) - t.size(1)}) : t;
+  };
   // Noise from the CPU generator in the model dtype, exactly as diffusers' randn_tensor does, then moved:
   // the same seed gives the same image on any device.
   const auto& tc = transformer_->config();
@@ -281,8 +293,9 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
     } else {
       const ControlContext ctx = guidance.context(i, r.steps, sched.timesteps()[size_t(i)], n);
       at::Tensor x = Guidance::by_branch(ctx, latents, latents);
-      at::Tensor pred = transformer_->forward(x, Guidance::by_branch(ctx, embeds, neg_embeds),
-                                              Guidance::by_branch(ctx, pooled, neg_pooled),
+      at::Tensor text = ctx.find(Branch::Base) ? Guidance::by_branch(ctx, regional_embeds, padded(neg_embeds), padded(embeds))
+                                               : Guidance::by_branch(ctx, embeds, neg_embeds);
+      at::Tensor pred = transformer_->forward(x, text, Guidance::by_branch(ctx, pooled, neg_pooled),
                                               timesteps[i].expand({x.size(0)}), &ctx);
       v = guidance.combine(pred, ctx, r.cfg);
     }

@@ -35,6 +35,11 @@ ControlContext Guidance::context(int step, int num_steps, double timestep, int64
   };
   if (config_.cfg) add(Branch::Uncond, 0, 0.0);
   add(Branch::Cond, 0, 0.0);
+  for (const auto& c : controls_)
+    if (c->wants_base_rows(step)) {
+      add(Branch::Base, 0, 0.0);
+      break;
+    }
   for (const auto& c : controls_) {
     ctx.controls.push_back(c.get());
     const double s = c->guidance_scale(step, num_steps, timestep);
@@ -43,10 +48,12 @@ ControlContext Guidance::context(int step, int num_steps, double timestep, int64
   return ctx;
 }
 
-at::Tensor Guidance::by_branch(const ControlContext& ctx, const at::Tensor& cond, const at::Tensor& uncond) {
+at::Tensor Guidance::by_branch(const ControlContext& ctx, const at::Tensor& cond, const at::Tensor& uncond,
+                               const at::Tensor& base) {
   if (ctx.rows.size() == 1) return cond;
   std::vector<at::Tensor> parts;
-  for (const auto& r : ctx.rows) parts.push_back(r.branch == Branch::Uncond ? uncond : cond);
+  for (const auto& r : ctx.rows)
+    parts.push_back(r.branch == Branch::Uncond ? uncond : r.branch == Branch::Base && base.defined() ? base : cond);
   return at::cat(parts);
 }
 

@@ -27,12 +27,14 @@ class Guidance {
  public:
   Guidance(const GuidanceConfig& config, std::vector<std::unique_ptr<Control>> controls, const ModelShape& model);
 
-  // The context of step `step`'s forward pass: n rows per branch, [uncond], cond, [perturbed...].
+  // The context of step `step`'s forward pass: n rows per branch, [uncond], cond, [base], [perturbed...].
   ControlContext context(int step, int num_steps, double timestep, int64_t n) const;
   // Whether this step predicts zero without running the model (CFG-Zero*'s zero-init steps).
   bool zero_step(int step) const { return config_.cfg_zero_star && step < config_.cfg_zero_steps; }
-  // An input laid out like the batch: `cond` ([n, ...]) in cond and perturbed rows, `uncond` in uncond rows.
-  static at::Tensor by_branch(const ControlContext& ctx, const at::Tensor& cond, const at::Tensor& uncond);
+  // An input laid out like the batch: `cond` ([n, ...]) in cond and perturbed rows, `uncond` in uncond rows,
+  // `base` (or `cond` when undefined) in the base helper rows.
+  static at::Tensor by_branch(const ControlContext& ctx, const at::Tensor& cond, const at::Tensor& uncond,
+                              const at::Tensor& base = {});
   // The guided prediction [n, ...] from the batch's predictions; cfg_scale may change per step (CogVideoX's
   // dynamic CFG).
   at::Tensor combine(const at::Tensor& pred, const ControlContext& ctx, double cfg_scale);

@@ -5,6 +5,7 @@
 // within 1e-4 relative (float32 CPU).
 #include <fstream>
 #include <regex>
+#include <tuple>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -92,6 +93,117 @@ TEST(Controls, StgEqualsTheOfficialPipeline) {
   for (const auto& c : cases) {
     SCOPED_TRACE(c["name"].get<std::string>());
     expect_case(c, dir, golden());
+  }
+}
+
+// Regional prompts against InstantX's own RegionalFluxPipeline (its base stream, mask and blend), run on the tiny
+// FLUX of the goldens (scripts/reference/regional_official.py; the official code cannot be fetched in CI).
+TEST(Controls, RegionsEqualTheOfficialPipeline) {
+  const fs::path dir = test::source_dir() / "tests" / "data" / "regional";
+  const json cases = read_json(dir / "cases.json");
+  ASSERT_GE(cases.size(), 2u);
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    expect_case(c, dir, golden());
+  }
+}
+
+// The same at the transformer: the official FluxTransformer2DModel with its base stream, at the first step of
+// the first case, against mmdit's transformer with the regions control on the rows [cond, base].
+TEST(Controls, RegionsEqualTheOfficialTransformer) {
+  test::GoldenFile g(test::source_dir() / "tests" / "data" / "regional" / "transformer_io.safetensors");
+  torch::NoGradGuard ng;
+  auto flux = FluxTransformer::load(golden() / "tiny-flux-dev" / "transformer", at::kCPU, at::kFloat);
+  const auto& c = flux->config();
+  const ModelShape shape{"flux", int(c.num_layers + c.num_single_layers), int(c.num_layers), int(c.num_attention_heads)};
+  GenerateRequest r;
+  r.width = r.height = 128;
+  r.max_sequence_length = 512;
+  r.prompt = "a small red circle above a blue square";
+  r.regions = {{0, 0, 64, 128, "", "a red circle"}, {64, 0, 128, 128, "", "a blue square"}};
+  auto controls = make_controls(r, shape);
+  ASSERT_EQ(controls.size(), 1u);
+  GenerationInfo info;
+  info.grid_h = info.grid_w = 8;
+  controls[0]->begin(info);
+  ControlContext ctx;
+  ctx.model = shape;
+  ctx.step = 0;
+  ctx.num_steps = 4;
+  ctx.rows = {{Branch::Cond, 0, 0.0, 0, 1}, {Branch::Base, 0, 0.0, 1, 2}};
+  ctx.controls = {controls[0].get()};
+  at::Tensor regional = g["encoder_hidden_states"], base = g["encoder_hidden_states_base"];
+  ASSERT_EQ(regional.size(1), 1024);
+  at::Tensor text = at::cat({regional, at::constant_pad_nd(base, {0, 0, 0, regional.size(1) - base.size(1)})});
+  auto two = [](const at::Tensor& t) { return at::cat({t, t}); };
+  at::Tensor x = two(g["hidden_states"]), pooled = two(g["pooled"]), t = two(g["timestep"]), gd = two(g["guidance"]);
+  at::Tensor y = flux->forward(x, text, pooled, t, g["img_ids"], flux_text_ids(1024, x.options()), gd, &ctx);
+  const double e = test::rel_err(y.narrow(0, 0, 1), g["out"]);
+  std::printf("[controls] regional FLUX transformer rel err %.3g\n", e);
+  EXPECT_LE(e, 1e-4);
+  // The plain transformer on the base prompt is far from it: the test can tell.
+  at::Tensor plain = flux->forward(g["hidden_states"], base, g["pooled"], g["timestep"], g["img_ids"],
+                                   flux_text_ids(base.size(1), x.options()), g["guidance"]);
+  EXPECT_GT(test::rel_err(plain, g["out"]), 0.01);  // measured 0.032, against the 1e-4 tolerance
+}
+
+// One region over the whole image with the base prompt is plain attention: the image of the run without regions
+// (SD3 with CFG, FLUX without), within a level. And the job key "regions" gives the --region image.
+TEST(Controls, OneRegionOverTheWholeImageIsThePlainRun) {
+  const auto dir = test::temp_dir("controls_one_region");
+  for (const std::string model : {"tiny-sd3", "tiny-flux-dev"}) {
+    const std::string base = "generate -q --model " + (golden() / model).string() +
+                             " --prompt 'a red star' --negative-prompt blurry --steps 3 --cfg " +
+                             (model == "tiny-sd3" ? "4" : "1") + " --width 128 --height 128 --seed 6 ";
+    auto a = test::run_mmdit(base + "-o " + (dir / (model + "-a.png")).string(), "region_a");
+    auto b = test::run_mmdit(base + "--region '0,0,128,128:a red star' --region-steps 3 -o " +
+                                 (dir / (model + "-b.png")).string(), "region_b");
+    ASSERT_EQ(a.exit_code, 0) << a.err;
+    ASSERT_EQ(b.exit_code, 0) << b.err;
+    EXPECT_LE(max_pixel_diff(read_png(dir / (model + "-a.png")), read_png(dir / (model + "-b.png"))), 1) << model;
+  }
+  // Two regions change the image; the same regions as a job give it again.
+  const std::string args = "--prompt 'a red star' --steps 3 --cfg 4 --width 128 --height 128 --seed 6 "
+                           "--region '0,0,64,128:a blue cross' --region '64,0,128,128:a green moon'";
+  auto c = test::run_mmdit("generate -q --model " + (golden() / "tiny-sd3").string() + " " + args + " -o " +
+                               (dir / "c.png").string(), "region_c");
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_GT(max_pixel_diff(read_png(dir / "tiny-sd3-a.png"), read_png(dir / "c.png")), 10);
+  json meta = json::parse(read_png_text(dir / "c.png").at("mmdit"));
+  EXPECT_EQ(meta["regions"], json::parse(R"([{"box": [0, 0, 64, 128], "prompt": "a blue cross"},
+                                              {"box": [64, 0, 128, 128], "prompt": "a green moon"}])"));
+  meta.erase("batch_index");
+  meta["output"] = (dir / "d.png").string();
+  std::ofstream(dir / "job.json") << json({{"jobs", {meta}}}).dump();
+  auto d = test::run_mmdit("run " + (dir / "job.json").string(), "region_job");
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  EXPECT_EQ(read_png(dir / "c.png").pixels, read_png(dir / "d.png").pixels);
+}
+
+TEST(Controls, BadRegionsExitTwoWithOneLineAndNoOutput) {
+  const auto dir = test::temp_dir("controls_bad_regions");
+  const std::string out = dir / "x.png";
+  std::ofstream(dir / "not-an-image.png") << "hello";
+  std::string nine;
+  for (int i = 0; i < 9; ++i) nine += " --region '" + std::to_string(i * 8) + ",0," + std::to_string(i * 8 + 8) + ",8:x'";
+  const std::vector<std::tuple<std::string, std::string, std::string>> bad = {
+      {"tiny-sd3", "--region '0,0,200,64:a'", "--region 0,0,200,64: outside the 128x128 image"},
+      {"tiny-sd3", "--region '5,5,5,9:a'", "an empty box"},
+      {"tiny-sd3", "--region '1,2,3:a'", "--region: expected X0,Y0,X1,Y1:PROMPT"},
+      {"tiny-sd3", "--region-mask '" + (dir / "none.png").string() + ":a'", "no such file"},
+      {"tiny-sd3", "--region-mask '" + (dir / "not-an-image.png").string() + ":a'", "not a PNG or JPEG image"},
+      {"tiny-sd3", "--region '0,0,64,64:a' --pag-scale 2", "cannot be combined with perturbation guidance"},
+      {"tiny-flux-dev", nine, "exceed the text budget of 8 prompts"},
+      {"tiny-cogvideox-2b", "--region '0,0,16,16:a' --frames 9 --max-sequence-length 16",
+       "regional prompts are for SD3/SD3.5 and FLUX"},
+  };
+  for (const auto& [model, args, message] : bad) {
+    auto r = test::run_mmdit("generate --model " + (golden() / model).string() + " --prompt a --steps 2 --width 128 "
+                             "--height 128 " + args + " -o " + out, "bad_region");
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
+    EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
+    EXPECT_FALSE(fs::exists(out)) << args;
   }
 }
 
