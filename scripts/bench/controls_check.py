@@ -4,7 +4,8 @@ cases.json in the given folders through `mmdit generate --device cuda` in float3
 CPU float32 reference images (max difference in levels, PSNR), and the attention maps against the explicit-
 probability golden (relative error). One JSON line per case and dtype.
 
-    controls_check.py MMDIT GOLDEN_DIR [MORE_CASE_DIRS...]   (models are looked up in GOLDEN_DIR)
+    controls_check.py MMDIT GOLDEN_DIR [CASE_DIRS...]   (models are looked up in GOLDEN_DIR; the cases are
+                                                         CASE_DIRS' cases.json, or GOLDEN_DIR's without any)
 """
 import json
 import math
@@ -27,7 +28,7 @@ def compare(a, b):
 
 def main():
     mmdit, golden = sys.argv[1], pathlib.Path(sys.argv[2])
-    for case_dir in [golden] + [pathlib.Path(p) for p in sys.argv[3:]]:
+    for case_dir in [pathlib.Path(p) for p in sys.argv[3:]] or [golden]:
         for c in json.loads((case_dir / "cases.json").read_text()):
             for dtype in ("f32", "bf16"):
                 tmp = pathlib.Path(tempfile.mkdtemp())

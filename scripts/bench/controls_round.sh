@@ -10,7 +10,9 @@
 #      PAG on one layer (image and full identity), SoftPAG on 9 heads, attention maps; FLUX.1-dev 1024² plain and
 #      with attention maps (peak memory).
 # Results: $OUT/results.jsonl (one JSON line per case or timing) and $OUT/log.txt.
-#   scripts/bench/controls_round.sh [check] [sd35l] [flux]   (default: all three)
+#   4. the GPU checks of the LSE-returning kernels (tests/gpu_checks.cpp) and regional prompts' cost (FLUX.1-dev and
+#      SD3.5-large 1024², two regions, every step regional, against plain steps).
+#   scripts/bench/controls_round.sh [check] [sd35l] [flux] [gpucheck] [regions]   (default: the first three)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
@@ -27,7 +29,10 @@ R="$OUT/results.jsonl"
 L=.carry/layouts
 for w in $WHAT; do case $w in
   check)
-    python3 scripts/bench/controls_check.py "$M" .carry/goldens/controls tests/data/stg | tee -a "$R" ;;
+    python3 scripts/bench/controls_check.py "$M" .carry/goldens/controls .carry/goldens/controls tests/data/stg \
+      tests/data/regional | tee -a "$R" ;;
+  checkregions)
+    python3 scripts/bench/controls_check.py "$M" .carry/goldens/controls tests/data/regional | tee -a "$R" ;;
   sd35l)
     # The 9 heads: HeadHunter's SD3 examples (Fig. 32), as layer:head pairs of SD3.5-large's 38 x 38.
     $M bench --model $L/sd3.5-large --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
@@ -37,6 +42,18 @@ for w in $WHAT; do case $w in
       --variant '--pag-scale 3 --pag-layers 13 --pag-mode full' \
       --variant '--pag-scale 3 --pag-heads 13:18,0:2,0:3,0:4,14:1,14:7,15:3,15:20,16:3 --pag-u 0.5' \
       --variant '--attention-maps /tmp/maps-sd35l' | tee -a "$R" ;;
+  gpucheck)
+    cmake --build build-gpu -j16 --target mmdit_gpu_checks >> "$OUT/build.txt" 2>&1 && build-gpu/mmdit_gpu_checks | tee -a "$R" ;;
+  regions)
+    $M bench --model $L/flux-dev --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
+      --steps 10 --warmup-steps 3 \
+      --variant "--region '0,0,512,1024:a red sports car' --region '512,0,1024,1024:a blue sports car' --region-steps 10" \
+      --variant "--region '0,0,512,512:a red sports car' --region '512,512,1024,1024:a blue sports car' --region-steps 10" \
+      | tee -a "$R"
+    $M bench --model $L/sd3.5-large --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
+      --steps 10 --warmup-steps 3 --cfg 7 \
+      --variant "--region '0,0,512,1024:a red sports car' --region '512,0,1024,1024:a blue sports car' --region-steps 10" \
+      | tee -a "$R" ;;
   flux)
     $M bench --model $L/flux-dev --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
       --steps 10 --warmup-steps 3 \

@@ -12,6 +12,8 @@ every held-out caption and seed; then:
   text-scale the text stream scaled by 0 entering every block makes the model ignore the caption (the score falls
              to near 0); a factor of 1 changes nothing, bit for bit;
   skip       leaving out a block costs the caption (--skip-blocks 1: the score falls);
+  regions    two region prompts in the left and right halves put each object in its half; the base prompt alone
+             ("A above B") places them anywhere left-right (pairs of random colours, shapes, sizes, backgrounds);
   maps       the attention map of an object's shape word peaks inside that object (after a 3x3 box filter on the
              token grid, the object's box grown by one cell); the map of its colour word weighs more on it than on
              the other object of the caption (the demo model's CLIP is causal, and it carries much of the colour in
@@ -24,6 +26,7 @@ every held-out caption and seed; then:
 import argparse
 import json
 import pathlib
+import random
 import subprocess
 import sys
 
@@ -36,6 +39,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import checker  # noqa: E402
 import evaluate  # noqa: E402
+import world  # noqa: E402
 
 # name -> job keys; each group is compared with its first variant.
 VARIANTS = {
@@ -53,6 +57,26 @@ VARIANTS = {
     "cfg5_skip1": {"cfg": 5.0, "skip_blocks": [1]},
 }
 MAPS = "cfg5"
+
+
+def region_pairs(n, seed=5):
+    """n base prompts "A above B" with the region prompts of A (left half) and B (right half)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        c1, c2 = rng.sample(list(world.COLOURS), 2)
+        s1, s2 = rng.choice(world.SHAPES), rng.choice(world.SHAPES)
+        z1, z2 = rng.choice(["small", "large"]), rng.choice(["small", "large"])
+        bg = rng.choice(list(world.BACKGROUNDS))
+        out.append({"colours": (c1, c2), "prompt": f"a {z1} {c1} {s1} above a {z2} {c2} {s2} on a {bg} background",
+                    "left": f"a {z1} {c1} {s1} on a {bg} background", "right": f"a {z2} {c2} {s2} on a {bg} background"})
+    return out
+
+
+def in_halves(img, colours):
+    d = {o["colour"]: o for o in checker.detect(img)}
+    a, b = d.get(colours[0]), d.get(colours[1])
+    return a is not None and b is not None and a["cx"] < 0.5 and b["cx"] > 0.5
 
 
 def box(d, g):
@@ -114,6 +138,11 @@ def main(argv=None):
                     job["attention_maps"] = f"maps/{s}-{i}"
                 jobs.append(job)
                 index.append((name, s, i))
+    pairs = region_pairs(a.n)
+    for i, p in enumerate(pairs):
+        halves = [{"box": [0, 0, 32, 64], "prompt": p["left"]}, {"box": [32, 0, 64, 64], "prompt": p["right"]}]
+        jobs.append({"prompt": p["prompt"], "seed": i, "cfg": 5.0, "output": f"regions_plain/{i}.png"})
+        jobs.append({"prompt": p["prompt"], "seed": i, "cfg": 5.0, "output": f"regions/{i}.png", "regions": halves})
     (out / "jobs.json").write_text(json.dumps({"defaults": {"model": a.model, "steps": 28}, "jobs": jobs}))
     subprocess.run([a.mmdit, "run", "-q", str(out / "jobs.json")], check=True, stdout=subprocess.DEVNULL)
 
@@ -133,9 +162,12 @@ def main(argv=None):
         shape_peaks += sp
         colour_weights += cw
     frac = lambda xs: round(sum(xs) / max(len(xs), 1), 4)  # noqa: E731
+    halves = {v: frac([in_halves(Image.open(out / v / f"{i}.png"), p["colours"]) for i, p in enumerate(pairs)])
+              for v in ("regions_plain", "regions")}
     report = {"colour_shape": cs, "mean_level_difference": diff,
               "shape_map_peaks_inside": frac(shape_peaks), "shape_maps_checked": len(shape_peaks),
               "colour_map_on_named_object": frac(colour_weights), "colour_maps_checked": len(colour_weights),
+              "objects_in_their_halves": halves,
               "captions": len(captions), "seeds": seeds}
     (out / "effects.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
@@ -154,6 +186,8 @@ def main(argv=None):
         ("text scale 0 everywhere loses the caption", cs["cfg5_text0"] <= cs["cfg5"] - 0.5),
         ("text scale 1 changes nothing", diff["cfg5_text1"] == 0.0),
         ("leaving out block 1 costs the caption", cs["cfg5_skip1"] <= cs["cfg5"] - 0.2),
+        ("region prompts put the objects in their regions", halves["regions"] >= 0.8),
+        ("the base prompt alone does not", halves["regions_plain"] <= halves["regions"] - 0.4),
         ("shape-word maps peak on their object", report["shape_map_peaks_inside"] >= 0.85 and len(shape_peaks) >= 10),
         ("colour-word maps weigh more on their object", report["colour_map_on_named_object"] >= 0.75),
     ]
