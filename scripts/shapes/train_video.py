@@ -189,7 +189,10 @@ def train_vae(vae, vids, a, dev, gen):
     t0 = time.time()
     step = -1
     for step in range(a.vae_steps):
-        lr = a.vae_lr * min(1.0, (step + 1) / 100)
+        # warm-up over 100 steps, then constant, or (--vae-lr-schedule time) a cosine down to 10% over the time budget
+        p = min((time.time() - t0) / a.vae_time_budget, 1.0) if a.vae_lr_schedule == "time" else 0.0
+        cos = 0.5 * (1 + math.cos(math.pi * p))
+        lr = a.vae_lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * cos)
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(len(vids), (a.vae_batch,), generator=gen, device=gen.device)
@@ -199,7 +202,14 @@ def train_vae(vae, vids, a, dev, gen):
                 post = vae.encode(x).latent_dist
                 z = post.sample()
             rec = vae.decode(z).sample.float()
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + (0 if a.decoder_only else a.kl * post.kl().mean())
+        if a.object_weight != 1:  # pixels of (and next to) the coloured shape count object_weight times
+            sat = (x.amax(1) - x.amin(1)).unsqueeze(1)  # [B, 1, F, H, W]: backgrounds are neutral (0)
+            near = F.max_pool3d((sat > 0.15).float(), (1, 3, 3), 1, (0, 1, 1))
+            w = 1 + (a.object_weight - 1) * near
+            rec_loss = (w * (rec - x).abs()).mean() / w.mean() + (w * (rec - x) ** 2).mean() / w.mean()
+        else:
+            rec_loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        loss = rec_loss + (0 if a.decoder_only else a.kl * post.kl().mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -215,7 +225,7 @@ def train_vae(vae, vids, a, dev, gen):
         scale = 1.0 / mean.std().item()
         vae.register_to_config(scaling_factor=scale)
         log(f"vae latents: mean {mean.mean().item():.4f} std {mean.std().item():.4f} -> scaling_factor {scale:.4f}")
-    log("vae reconstructions of held-out clips, checker: " + json.dumps(score_reconstructions(vae, a, dev, 4 if a.smoke else 64)))
+    log("vae reconstructions of held-out clips, checker: " + json.dumps(score_reconstructions(vae, a, dev, 4 if a.smoke else a.recon_n)))
 
 
 @torch.no_grad()
@@ -350,7 +360,7 @@ def save(parts, out, a, tmp):
     cpu.save_pretrained(part, safe_serialization=True)
     shutil.copy(tmp / "tokenizer" / "spiece.model", part / "tokenizer" / "spiece.model")  # mmdit reads it
     before = json.loads((pathlib.Path(a.resume) / "shapes_video.json").read_text()) if a.resume else None
-    keys = ("size", "seed", "n", "vae_steps", "vae_batch", "vae_lr", "vae_channels", "kl", "decoder_only", "vae_time_budget",
+    keys = ("size", "seed", "n", "vae_steps", "vae_batch", "vae_lr", "vae_channels", "kl", "decoder_only", "object_weight", "vae_time_budget", "vae_lr_schedule",
             "dit_steps", "batch", "lr", "lr_floor", "lr_schedule", "warmup", "drop", "time_budget", "layers", "heads",
             "patch_size", "time_dim", "t5_dim", "t5_layers", "resume", "vae_from")
     info = {"resumed_from_run": before, **{k: getattr(a, k) for k in keys},
@@ -438,8 +448,11 @@ def main(argv=None):
     ap.add_argument("--vae-channels", default="32,64,64", help="VAE block_out_channels; n entries: 2^(n-1)x spatial")
     ap.add_argument("--vae-groups", type=int, default=32, help="VAE norm_num_groups (divides every channel count)")
     ap.add_argument("--vae-time-budget", type=float, default=0)
+    ap.add_argument("--vae-lr-schedule", choices=["constant", "time"], default="constant")
     ap.add_argument("--kl", type=float, default=1e-6)
     ap.add_argument("--decoder-only", action="store_true", help="the VAE stage trains the decoder alone")
+    ap.add_argument("--object-weight", type=float, default=1.0,
+                    help="VAE loss weight of the shape's pixels (and their neighbours) against the background's")
     ap.add_argument("--vae-from", help="train a new DiT and T5 on this saved pipeline's VAE (no VAE stage)")
     ap.add_argument("--resume", help="continue from a saved pipeline (with --vae-steps 0 its VAE stays)")
     ap.add_argument("--dit-steps", type=int, default=6000)
@@ -464,6 +477,8 @@ def main(argv=None):
     ap.add_argument("--cfg", type=float, default=6.0)
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run: 32 clips, 2+2 steps, load, generate one")
+    ap.add_argument("--recon-n", type=int, default=64, help="held-out clips the VAE's reconstructions are scored on")
+    ap.add_argument("--render-only", action="store_true", help="render the --n clips into --data-cache, nothing else")
     a = ap.parse_args(argv)
     if a.smoke:
         a.n, a.batch, a.vae_batch, a.vae_steps, a.dit_steps, a.warmup, a.device = 32, 2, 2, 2, 2, 1, "cpu"
@@ -474,6 +489,9 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = True  # the VAE's 3D convolutions: fixed shapes
     dev = torch.device(a.device)
     a.t0 = time.time()
+    if a.render_only:
+        load_data(a)
+        return
     if not a.eval_only:
         vids_np, caps = load_data(a)
         vids = torch.from_numpy(vids_np)
