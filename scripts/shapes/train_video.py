@@ -189,8 +189,11 @@ def train_vae(vae, vids, a, dev, gen):
     t0 = time.time()
     step = -1
     for step in range(a.vae_steps):
-        # warm-up over 100 steps, then constant, or (--vae-lr-schedule time) a cosine down to 10% over the time budget
-        p = min((time.time() - t0) / a.vae_time_budget, 1.0) if a.vae_lr_schedule == "time" else 0.0
+        # warm-up over 100 steps, then constant, or a cosine down to 10% over the time budget (--vae-lr-schedule
+        # time) or the steps (steps)
+        p = {"constant": 0.0, "steps": step / max(a.vae_steps, 1),
+             "time": (time.time() - t0) / max(a.vae_time_budget, 1e-9)}[a.vae_lr_schedule]
+        p = min(p, 1.0)
         cos = 0.5 * (1 + math.cos(math.pi * p))
         lr = a.vae_lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * cos)
         for g in opt.param_groups:
@@ -448,7 +451,7 @@ def main(argv=None):
     ap.add_argument("--vae-channels", default="32,64,64", help="VAE block_out_channels; n entries: 2^(n-1)x spatial")
     ap.add_argument("--vae-groups", type=int, default=32, help="VAE norm_num_groups (divides every channel count)")
     ap.add_argument("--vae-time-budget", type=float, default=0)
-    ap.add_argument("--vae-lr-schedule", choices=["constant", "time"], default="constant")
+    ap.add_argument("--vae-lr-schedule", choices=["constant", "steps", "time"], default="constant")
     ap.add_argument("--kl", type=float, default=1e-6)
     ap.add_argument("--decoder-only", action="store_true", help="the VAE stage trains the decoder alone")
     ap.add_argument("--object-weight", type=float, default=1.0,
