@@ -5,6 +5,7 @@ in an image and scores a caption of world.py's grammar against them.
     checker.py score IMAGES_DIR CAPTIONS.jsonl [--out RESULTS.json]   # rows {"file", "caption"}; prints JSON
     checker.py detect IMAGE [IMAGE...]                                 # what it sees
     checker.py score-clip FRAME_000.png ... CAPTION                    # a clip (frames in order); exit 1 unless shown
+    checker.py score-clip CLIP.mp4 CAPTION [--frames 17 --fps 8 --size 64]  # an MP4 (read with ffmpeg), its format too
 
 How it sees (any square or non-square size; units are the image's pixels):
 1. Colour by hue. Palette colours are saturated and hue-separated, backgrounds neutral; mixing a colour with
@@ -259,6 +260,7 @@ def parse_clip_caption(text):
 
 def score_clip(frames, text):
     """Scores a clip caption against frames (PIL images or HxWx3 arrays, in order), frame by frame with detect():
+    - colour: an object of the caption's colour is found in at least half the frames;
     - colour_shape: an object of the caption's colour is found in at least half the frames, and the shape
       detected most often in those frames is the caption's;
     - frames_right: the fraction of frames where that colour's object has the caption's shape;
@@ -279,7 +281,7 @@ def score_clip(frames, text):
     top = max(set(shapes), key=lambda x: (shapes.count(x), x == cap["shape"])) if shapes else None
     colour_shape = 2 * len(hits) >= len(frames) and top == cap["shape"]
     sizes = [o["size"] for _, o in hits if o["shape"] == cap["shape"]]
-    res = {"caption": text, "colour_shape": colour_shape,
+    res = {"caption": text, "colour": 2 * len(hits) >= len(frames), "colour_shape": colour_shape,
            "frames_right": round(sum(o["shape"] == cap["shape"] for _, o in hits) / len(frames), 4),
            "size": colour_shape and max(set(sizes), key=sizes.count) == cap["size"],
            "direction": False, "travel": None, "wobble": None, "extra_objects": extra}
@@ -299,6 +301,19 @@ def score_clip(frames, text):
     return res
 
 
+def read_mp4(path):
+    """(frames as HxWx3 uint8 arrays, frames per second) of a video file, decoded by the ffmpeg command."""
+    import subprocess
+    probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                                       "stream=width,height,r_frame_rate", "-of", "json", str(path)],
+                                      check=True, capture_output=True, text=True).stdout)["streams"][0]
+    w, h = probe["width"], probe["height"]
+    num, den = (int(x) for x in probe["r_frame_rate"].split("/"))
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         check=True, capture_output=True).stdout
+    return list(np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)), num / den
+
+
 def shows_clip(result):
     """Whether a score_clip() result says the clip shows its caption: colour, shape and direction."""
     return result["colour_shape"] and result["direction"]
@@ -310,12 +325,14 @@ def summarize_clips(results):
     by = lambda key: {v: frac([r["colour_shape"] and r["direction"] for r in results if parse_clip_caption(r["caption"])[key] == v])  # noqa: E731
                       for v in sorted({parse_clip_caption(r["caption"])[key] for r in results})}
     return {"clips": len(results),
+            "colour": frac([r["colour"] for r in results]),
             "colour_shape": frac([r["colour_shape"] for r in results]),
             "direction": frac([r["direction"] for r in results]),
             "shows": frac([shows_clip(r) for r in results]),
             "size": frac([r["size"] for r in results]),
             "background": frac([r["background"] for r in results]),
-            "frames_right": mean([r["frames_right"] for r in results]),
+            # colour+shape per frame: the fraction of all frames whose object has the caption's colour and shape
+            "colour_shape_frames": mean([r["frames_right"] for r in results]),
             "travel": mean([r["travel"] for r in results if r["travel"] is not None]),
             "wobble": mean([r["wobble"] for r in results if r["wobble"] is not None]),
             "extra_objects_per_clip": mean([r["extra_objects"] for r in results]),
@@ -348,8 +365,11 @@ def main(argv=None):
     o.add_argument("caption")
     c = sub.add_parser("score-clip", help="score a clip's frames (in order) against one clip caption; exit 1 unless "
                                          "colour, shape and direction hold")
-    c.add_argument("frames", nargs="+")
+    c.add_argument("frames", nargs="+", help="PNG frames in order, or one video file (.mp4)")
     c.add_argument("caption")
+    c.add_argument("--frames", dest="n_frames", type=int, help="also require this many frames")
+    c.add_argument("--fps", type=float, help="also require this frame rate (a video file)")
+    c.add_argument("--size", type=int, help="also require square frames of this side")
     d = sub.add_parser("detect", help="print the objects found in images")
     d.add_argument("images", nargs="+")
     a = ap.parse_args(argv)
@@ -366,10 +386,22 @@ def main(argv=None):
         if not shows(r):
             sys.exit(f"checker: {a.image} does not show {a.caption!r}")
     elif a.cmd == "score-clip":
-        r = score_clip([Image.open(f) for f in a.frames], a.caption)
-        print(json.dumps({k: v for k, v in r.items() if k != "detected"}))
+        fps = None
+        if len(a.frames) == 1 and not a.frames[0].lower().endswith(".png"):
+            frames, fps = read_mp4(a.frames[0])
+        else:
+            frames = [np.asarray(Image.open(f).convert("RGB")) for f in a.frames]
+        r = score_clip(frames, a.caption)
+        h, w = frames[0].shape[:2]
+        print(json.dumps({"video": {"frames": len(frames), "fps": fps, "width": w, "height": h},
+                          **{k: v for k, v in r.items() if k != "detected"}}))
+        wrong = [f"{what} {got}, not {want}" for what, got, want in (
+            ("frames", len(frames), a.n_frames), ("fps", fps, a.fps), ("size", (w, h), a.size and (a.size, a.size)))
+            if want is not None and got != want]
+        if wrong:
+            sys.exit(f"checker: {a.frames[0]}: " + "; ".join(wrong))
         if not shows_clip(r):
-            sys.exit(f"checker: the {len(a.frames)} frames do not show {a.caption!r}")
+            sys.exit(f"checker: the {len(frames)} frames do not show {a.caption!r}")
     else:
         for p in a.images:
             print(json.dumps({"file": p, "background": background(Image.open(p)), "objects": detect(Image.open(p))}))

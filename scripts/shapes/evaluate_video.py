@@ -3,14 +3,17 @@
 it against diffusers on the same files and seeds.
 
     evaluate_video.py MODEL [--mmdit build/mmdit] [--n 100] [--seeds 0,1] [--steps 50] [--cfg 6] [--out DIR]
-                      [--parity N] [--min-colour-shape F] [--min-direction F] [--max-parity-diff LEVELS]
+                      [--parity N] [--min-colour F] [--min-colour-shape-frames F] [--min-colour-shape F] [--min-direction F]
+                      [--max-parity-diff LEVELS]
 
 1. Draws --n held-out clip captions (world.py's held-out clip split, seeded: train_video.py --eval's list).
 2. Writes one job file (a job per caption and seed; seed = s * 100000 + caption index; frames written as
    PNGs) and runs it with `mmdit run` on the CPU in float32: one process, the model loaded once.
 3. Scores every clip with checker.score_clip; writes DIR/results.json (summary + per clip) and prints the
-   summary: colour_shape = the fraction of clips whose object has the caption's colour and shape, direction =
-   the fraction whose object moves the named way, shows = both.
+   summary: colour = the fraction of clips with an object of the caption's colour in at least half the frames,
+   colour_shape_frames = the fraction of frames whose object has the caption's colour and shape,
+   colour_shape = the fraction of clips where that holds (the shape seen most often, in at least half the
+   frames), direction = the fraction of clips whose object moves the named way, shows = both.
 4. --parity N: generates the first N of those clips with diffusers' CogVideoXPipeline (CPU, float32) and
    reports the largest per-pixel difference from mmdit's frames, in 8-bit levels.
 5. The --min/--max options turn it into a test (CTest demo_video_model): exit 1 naming what fell short.
@@ -45,7 +48,8 @@ def run_mmdit(a, caps, out):
             (out / "mmdit" / f"{i:04d}_s{s}").mkdir(parents=True, exist_ok=True)
     (out / "jobs.json").write_text(json.dumps(jobs, indent=1))
     t0 = time.time()
-    subprocess.run([a.mmdit, "run", "-q", str(out / "jobs.json")], check=True, stdout=subprocess.DEVNULL)  # paths
+    subprocess.run([a.mmdit, "run", "-q", *(["--skip-existing"] if a.skip_existing else []), str(out / "jobs.json")],
+                   check=True, stdout=subprocess.DEVNULL)  # (stdout: the paths)
     return time.time() - t0
 
 
@@ -76,8 +80,11 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=50, help="mmdit's and diffusers' CogVideoX default")
     ap.add_argument("--cfg", type=float, default=6.0, help="mmdit's and diffusers' CogVideoX default")
     ap.add_argument("--out", default="build/shapes-video-eval")
+    ap.add_argument("--skip-existing", action="store_true", help="keep clips an earlier run of the same --out made")
     ap.add_argument("--parity", type=int, default=0, help="also generate the first N captions (each seed) with diffusers")
-    ap.add_argument("--min-colour-shape", type=float, help="fail (exit 1) below this colour_shape fraction")
+    ap.add_argument("--min-colour", type=float, help="fail (exit 1) below this colour fraction (of clips)")
+    ap.add_argument("--min-colour-shape-frames", type=float, help="fail below this colour_shape_frames fraction")
+    ap.add_argument("--min-colour-shape", type=float, help="fail below this colour_shape fraction (of clips)")
     ap.add_argument("--min-direction", type=float, help="fail below this direction fraction")
     ap.add_argument("--max-parity-diff", type=int, help="fail when mmdit and diffusers differ by more levels")
     a = ap.parse_args(argv)
@@ -111,6 +118,8 @@ def main(argv=None):
     (out / "results.json").write_text(json.dumps({"summary": summary, "results": results}, indent=1))
     print(json.dumps(summary, indent=1))
     fails = [f"{k} {summary.get(k)} {op} {lim}" for k, op, lim, bad in (
+        ("colour", "<", a.min_colour, lambda v, m: v < m),
+        ("colour_shape_frames", "<", a.min_colour_shape_frames, lambda v, m: v < m),
         ("colour_shape", "<", a.min_colour_shape, lambda v, m: v < m),
         ("direction", "<", a.min_direction, lambda v, m: v < m),
         ("parity_max_level_diff", ">", a.max_parity_diff, lambda v, m: v > m))

@@ -110,7 +110,7 @@ def check_clips(n, seed, size):
             still.append(checker.score_clip([frames[len(frames) // 2]] * len(frames), world.clip_caption(c)))
     s = checker.summarize_clips(true)
     print(f"true clip captions ({n} clips, {size}x{size}, {world.CLIP_FRAMES} frames, train+heldout): " + json.dumps(s))
-    ok = s["colour_shape"] >= 0.99 and s["direction"] >= 0.99 and s["background"] >= 0.99 and s["frames_right"] >= 0.99
+    ok = s["colour_shape"] >= 0.99 and s["direction"] >= 0.99 and s["background"] >= 0.99 and s["colour_shape_frames"] >= 0.99
     for kind, metric in {"colour": "colour_shape", "shape": "colour_shape", "size": "size", "direction": "direction",
                          "direction_ortho": "direction"}.items():
         v = checker.summarize_clips(bad[kind])[metric]
