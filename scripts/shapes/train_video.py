@@ -22,7 +22,8 @@ Stages (seeded):
    CogVideoXPipeline.encode_prompt does (padded to max_sequence_length, no attention mask); 10% are dropped to
    "" for CFG. bf16 autocast on the GPU; every draw of a step comes from one generator on the device.
 --checkpoint-every S saves the pipeline every S seconds of DiT training (and --checkpoint-tar writes it as a
-tar.gz there too), so a run cut short still leaves a model. Weights are saved in float16 (--save-dtype).
+tar.gz there too), so a run cut short still leaves a model. Weights are saved in float16 (--save-dtype), the T5's
+in float32.
 
 The recipe of the committed model, its step counts and scores are in docs/SHAPES.md (the video part);
 scripts/shapes/reproduce_video.sh replays it.
@@ -360,6 +361,9 @@ def save(parts, out, a, tmp):
     import copy
     cpu = copy.deepcopy(pipe)
     cpu.to("cpu", dtype)
+    # The T5 (0.3 M parameters) stays float32: from_pretrained without a dtype then gives float32 everywhere
+    # (transformers would load a float16 T5 as float16 beside diffusers' float32 models, and the call would fail).
+    cpu.text_encoder.to(torch.float32)
     cpu.save_pretrained(part, safe_serialization=True)
     shutil.copy(tmp / "tokenizer" / "spiece.model", part / "tokenizer" / "spiece.model")  # mmdit reads it
     before = json.loads((pathlib.Path(a.resume) / "shapes_video.json").read_text()) if a.resume else None
