@@ -15,11 +15,13 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 from PIL import Image
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import checker  # noqa: E402
+from train_video import strip  # noqa: E402
 
 PROMPTS = [  # top row, then bottom row; purple star and green triangle are held-out pairs (never trained on)
     "a small red circle above a large blue square on a white background",
@@ -52,17 +54,12 @@ def video_picture(a, tmp):
     subprocess.run([a.mmdit, "run", "-q", str(tmp / "jobs.json")], check=True, stdout=subprocess.DEVNULL)
     rows = []
     for i, p in enumerate(VIDEO_PROMPTS):
-        frames = [Image.open(f) for f in sorted((tmp / str(i)).glob("f_*.png"))]
+        frames = [np.asarray(Image.open(f).convert("RGB")) for f in sorted((tmp / str(i)).glob("f_*.png"))]
         r = checker.score_clip(frames, p)
         print(f"{'ok  ' if checker.shows_clip(r) else 'MISS'} {p}  (colour+shape in {r['frames_right']:.0%} of frames, "
               f"travel {r['travel']})")
-        rows.append(frames[::EVERY])
-    side = rows[0][0].width * VIDEO_SCALE
-    grid = Image.new("RGB", (len(rows[0]) * (side + GAP // 2) - GAP // 2, len(rows) * (side + GAP) - GAP), (255, 255, 255))
-    for y, row in enumerate(rows):
-        for x, f in enumerate(row):
-            grid.paste(f.resize((side, side), Image.NEAREST), (x * (side + GAP // 2), y * (side + GAP)))
-    return grid
+        rows.append(frames)
+    strip(rows, a.out, every=EVERY, scale=VIDEO_SCALE, gap=GAP)
 
 
 def main(argv=None):
@@ -76,7 +73,7 @@ def main(argv=None):
     a.out = a.out or ("docs/images/shapes-video-demo.png" if a.video else "docs/images/shapes-demo.png")
     tmp = pathlib.Path(tempfile.mkdtemp())
     if a.video:
-        video_picture(a, tmp).save(a.out)
+        video_picture(a, tmp)
         print(a.out)
         return
     jobs = {"defaults": {"model": str(pathlib.Path(a.model).resolve()), "seed": 0, "cfg": 5, "device": "cpu",

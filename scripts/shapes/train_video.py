@@ -50,6 +50,7 @@ sys.path.insert(0, str(HERE))
 sys.path.append(str(HERE.parent / "goldens"))  # appended: goldens/tokenizers.py must not shadow `tokenizers`
 import world  # noqa: E402
 from _tiny_cogvideox import SCHED_COMMON  # noqa: E402  (the real CogVideoX scheduler config)
+from evaluate import image_seed as clip_seed  # noqa: E402  (seed = s * 100000 + caption index, as for images)
 from train import log  # noqa: E402
 
 MAX_TEXT_LEN = 32  # max_text_seq_length: the T5 tokens every caption is padded to (a caption takes 11-13)
@@ -394,17 +395,16 @@ def heldout_clip_captions(n, seed=0):
     return [world.clip_caption(world.sample_clip(rng, "heldout")) for _ in range(n)]
 
 
-def clip_seed(s, i):
-    return s * 100000 + i
-
-
-def strip(frames_list, path, every=4, scale=1):
-    """A picture: one row per clip, frames 0, every, 2 every, ... side by side."""
+def strip(frames_list, path, every=4, scale=1, gap=0):
+    """A picture: one row per clip (frames as HxWx3 arrays), frames 0, every, 2 every, ... side by side, each
+    enlarged scale x (nearest); gap white pixels between rows, gap // 2 between frames."""
     from PIL import Image
-    rows = [np.concatenate(list(f[::every]), 1) for f in frames_list]
-    img = Image.fromarray(np.concatenate(rows, 0))
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    rows = [[Image.fromarray(np.asarray(f)) for f in frames[::every]] for frames in frames_list]
+    w, h = rows[0][0].width * scale, rows[0][0].height * scale
+    img = Image.new("RGB", (len(rows[0]) * (w + gap // 2) - gap // 2, len(rows) * (h + gap) - gap), (255, 255, 255))
+    for y, row in enumerate(rows):
+        for x, f in enumerate(row):
+            img.paste(f.resize((w, h), Image.NEAREST), (x * (w + gap // 2), y * (h + gap)))
     img.save(path)
 
 
