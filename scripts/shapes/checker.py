@@ -4,6 +4,8 @@ in an image and scores a caption of world.py's grammar against them.
 
     checker.py score IMAGES_DIR CAPTIONS.jsonl [--out RESULTS.json]   # rows {"file", "caption"}; prints JSON
     checker.py detect IMAGE [IMAGE...]                                 # what it sees
+    checker.py score-clip FRAME_000.png ... CAPTION                    # a clip (frames in order); exit 1 unless shown
+    checker.py score-clip CLIP.mp4 CAPTION [--frames 17 --fps 8 --size 64]  # an MP4 (read with ffmpeg), its format too
 
 How it sees (any square or non-square size; units are the image's pixels):
 1. Colour by hue. Palette colours are saturated and hue-separated, backgrounds neutral; mixing a colour with
@@ -21,6 +23,10 @@ Scores for a caption: colour_shape per mentioned object (an object of that colou
 position per two-object caption (both colours found; the first's centroid lies in the named direction from
 the second along the dominant axis: |offset along| > |offset across|), plus size, background and the count
 of extra (unmentioned) colour objects.
+
+Clips (world.render_clip: one shape moving along one axis) are scored frame by frame with the same detect():
+score_clip() says whether the caption's colour and shape are there and whether the fitted path goes the named
+way (its docstring has the rules); summarize_clips() sums a set of clips up.
 """
 import argparse
 import json
@@ -237,6 +243,103 @@ def summarize(results):
                          for size in sorted({o["want"]["size"] for o in objs})}}
 
 
+# --- Clips (world.render_clip; the video demo model) ---
+MIN_TRAVEL = 0.15  # the fitted path must cover at least this fraction of the image side (the world's: 0.3-0.45)
+_CLIP = re.compile(rf"^{_OBJ} moving ({'|'.join(world.DIRECTIONS)}) on a ({'|'.join(world.BACKGROUNDS)})"
+                   rf"(?: over ({'|'.join(world.BACKGROUNDS)}))? background$")
+
+
+def parse_clip_caption(text):
+    """{"size", "colour", "shape", "direction", "background": [..]}; ValueError if not the clip grammar."""
+    m = _CLIP.match(text.strip().lower())
+    if not m:
+        raise ValueError(f"caption not in the shapes clip grammar: {text!r}")
+    g = m.groups()
+    return {"size": g[0], "colour": g[1], "shape": g[2], "direction": g[3], "background": [b for b in g[4:6] if b]}
+
+
+def score_clip(frames, text):
+    """Scores a clip caption against frames (PIL images or HxWx3 arrays, in order), frame by frame with detect():
+    - colour: an object of the caption's colour is found in at least half the frames;
+    - colour_shape: an object of the caption's colour is found in at least half the frames, and the shape
+      detected most often in those frames is the caption's;
+    - frames_right: the fraction of frames where that colour's object has the caption's shape;
+    - direction: a straight line fitted (least squares) to that object's centroid over the frames where it is
+      found moves, from the first frame to the last, in the named direction along the dominant axis
+      (|along| > |across|) by at least MIN_TRAVEL of the image side;
+    - size (when colour_shape holds: the size detected most often), background (first and last frames);
+    - travel (along the named axis, fraction of the image side), wobble (RMS distance of the centroids from
+      the fitted line, same unit) and extra_objects (other colours' objects, the most in one frame)."""
+    cap = parse_clip_caption(text)
+    found, extra = [], 0
+    for f in frames:
+        det = detect(f)
+        found.append(next((o for o in det if o["colour"] == cap["colour"]), None))
+        extra = max(extra, sum(1 for o in det if o["colour"] != cap["colour"]))
+    hits = [(i, o) for i, o in enumerate(found) if o is not None]
+    shapes = [o["shape"] for _, o in hits]
+    top = max(set(shapes), key=lambda x: (shapes.count(x), x == cap["shape"])) if shapes else None
+    colour_shape = 2 * len(hits) >= len(frames) and top == cap["shape"]
+    sizes = [o["size"] for _, o in hits if o["shape"] == cap["shape"]]
+    res = {"caption": text, "colour": 2 * len(hits) >= len(frames), "colour_shape": colour_shape,
+           "frames_right": round(sum(o["shape"] == cap["shape"] for _, o in hits) / len(frames), 4),
+           "size": colour_shape and max(set(sizes), key=sizes.count) == cap["size"],
+           "direction": False, "travel": None, "wobble": None, "extra_objects": extra}
+    if len(hits) >= 2:
+        t = np.array([i / (len(frames) - 1) for i, _ in hits])
+        xy = np.array([[o["cx"], o["cy"]] for _, o in hits])
+        A = np.stack([np.ones_like(t), t], 1)
+        coef, *_ = np.linalg.lstsq(A, xy, rcond=None)
+        move = coef[1]  # displacement from t=0 to t=1 (x, y), fractions of the image; y grows downwards
+        dx, dy = world.DIRECTIONS[cap["direction"]]
+        along, across = move[0] * dx + move[1] * dy, abs(move[0] * dy) + abs(move[1] * dx)
+        res.update(direction=bool(along > across and along >= MIN_TRAVEL), travel=round(float(along), 4),
+                   wobble=round(float(np.sqrt(((A @ coef - xy) ** 2).sum(1).mean())), 4))
+    want = cap["background"] * 2 if len(cap["background"]) == 1 else cap["background"]
+    res["background"] = background(frames[0]) == want and background(frames[-1]) == want
+    res["detected"] = [None if o is None else {k: o[k] for k in ("shape", "size", "cx", "cy")} for o in found]
+    return res
+
+
+def read_mp4(path):
+    """(frames as HxWx3 uint8 arrays, frames per second) of a video file, decoded by the ffmpeg command."""
+    import subprocess
+    probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                                       "stream=width,height,r_frame_rate", "-of", "json", str(path)],
+                                      check=True, capture_output=True, text=True).stdout)["streams"][0]
+    w, h = probe["width"], probe["height"]
+    num, den = (int(x) for x in probe["r_frame_rate"].split("/"))
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         check=True, capture_output=True).stdout
+    return list(np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)), num / den
+
+
+def shows_clip(result):
+    """Whether a score_clip() result says the clip shows its caption: colour, shape and direction."""
+    return result["colour_shape"] and result["direction"]
+
+
+def summarize_clips(results):
+    frac = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
+    mean = lambda xs: round(float(np.mean(xs)), 4) if xs else None  # noqa: E731
+    by = lambda key: {v: frac([r["colour_shape"] and r["direction"] for r in results if parse_clip_caption(r["caption"])[key] == v])  # noqa: E731
+                      for v in sorted({parse_clip_caption(r["caption"])[key] for r in results})}
+    return {"clips": len(results),
+            "colour": frac([r["colour"] for r in results]),
+            "colour_shape": frac([r["colour_shape"] for r in results]),
+            "direction": frac([r["direction"] for r in results]),
+            "shows": frac([shows_clip(r) for r in results]),
+            "size": frac([r["size"] for r in results]),
+            "background": frac([r["background"] for r in results]),
+            # colour+shape per frame: the fraction of all frames whose object has the caption's colour and shape
+            "colour_shape_frames": mean([r["frames_right"] for r in results]),
+            "travel": mean([r["travel"] for r in results if r["travel"] is not None]),
+            "wobble": mean([r["wobble"] for r in results if r["wobble"] is not None]),
+            "extra_objects_per_clip": mean([r["extra_objects"] for r in results]),
+            # colour, shape and direction all right, by wanted shape and by wanted direction: where the misses are
+            "shows_by_shape": by("shape"), "shows_by_direction": by("direction")}
+
+
 def score_dir(images_dir, captions):
     images_dir = pathlib.Path(images_dir)
     results = []
@@ -260,6 +363,13 @@ def main(argv=None):
     o = sub.add_parser("score-one", help="score one image against one caption; exit 1 unless all of it holds")
     o.add_argument("image")
     o.add_argument("caption")
+    c = sub.add_parser("score-clip", help="score a clip's frames (in order) against one clip caption; exit 1 unless "
+                                         "colour, shape and direction hold")
+    c.add_argument("frames", nargs="+", help="PNG frames in order, or one video file (.mp4)")
+    c.add_argument("caption")
+    c.add_argument("--frames", dest="n_frames", type=int, help="also require this many frames")
+    c.add_argument("--fps", type=float, help="also require this frame rate (a video file)")
+    c.add_argument("--size", type=int, help="also require square frames of this side")
     d = sub.add_parser("detect", help="print the objects found in images")
     d.add_argument("images", nargs="+")
     a = ap.parse_args(argv)
@@ -275,6 +385,23 @@ def main(argv=None):
         print(json.dumps({k: v for k, v in r.items() if k != "detected"}))
         if not shows(r):
             sys.exit(f"checker: {a.image} does not show {a.caption!r}")
+    elif a.cmd == "score-clip":
+        fps = None
+        if len(a.frames) == 1 and not a.frames[0].lower().endswith(".png"):
+            frames, fps = read_mp4(a.frames[0])
+        else:
+            frames = [np.asarray(Image.open(f).convert("RGB")) for f in a.frames]
+        r = score_clip(frames, a.caption)
+        h, w = frames[0].shape[:2]
+        print(json.dumps({"video": {"frames": len(frames), "fps": fps, "width": w, "height": h},
+                          **{k: v for k, v in r.items() if k != "detected"}}))
+        wrong = [f"{what} {got}, not {want}" for what, got, want in (
+            ("frames", len(frames), a.n_frames), ("fps", fps, a.fps), ("size", (w, h), a.size and (a.size, a.size)))
+            if want is not None and got != want]
+        if wrong:
+            sys.exit(f"checker: {a.frames[0]}: " + "; ".join(wrong))
+        if not shows_clip(r):
+            sys.exit(f"checker: the {len(frames)} frames do not show {a.caption!r}")
     else:
         for p in a.images:
             print(json.dumps({"file": p, "background": background(Image.open(p)), "objects": detect(Image.open(p))}))

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Self-test of the shapes checker on the world's own renders (ground truth).
 
-    selftest.py [--n 500] [--size 64] [--seed 0]
+    selftest.py [--n 500] [--size 64] [--seed 0] [--clips 0]
 
 Renders n random scenes (half train, half held-out split), scores the true captions (colour+shape and
 position must be >= 99%), then wrong captions made from the truth by swapping or replacing colours, shapes,
 relations (inverse and orthogonal) and sizes (each must score <= 2%). Also prints, for information only, the
 scores on degraded renders (blur + noise), a rough guide to how the checker copes with generated images.
+With --clips N it also renders N clips (world.render_clip, half train, half held-out) and checks the clip
+scoring: true captions (colour+shape, direction, background >= 99%), wrong colours, shapes, sizes and
+directions (inverse and orthogonal, each <= 2%), a clip that stands still (direction 0%), and the clip split.
 Exits 1 on failure.
 """
 import argparse
@@ -74,13 +77,79 @@ def check_split(seed, n=2000):
         len(seen_triples) == len(world.HELDOUT_TRIPLES) and not missing
 
 
+def wrong_clip(clip, kind, rng):
+    c = dict(clip)
+    if kind == "colour":
+        c["colour"] = rng.choice([x for x in sorted(world.COLOURS) if x != clip["colour"]])
+    elif kind == "shape":
+        c["shape"] = rng.choice([x for x in world.SHAPES if x != clip["shape"]])
+    elif kind == "size":
+        c["size"] = "small" if clip["size"] == "large" else "large"
+    elif kind == "direction":
+        c["direction"] = {"left": "right", "right": "left", "up": "down", "down": "up"}[clip["direction"]]
+    elif kind == "direction_ortho":
+        c["direction"] = {"left": "up", "right": "down", "up": "right", "down": "left"}[clip["direction"]]
+    return world.clip_caption(c)
+
+
+def check_clips(n, seed, size):
+    """The clip checker on true clips, wrong captions and still clips; the clip split. True if all pass."""
+    rng = random.Random(f"clips:{seed}")
+    clips = [world.sample_clip(rng, "train" if i % 2 == 0 else "heldout") for i in range(n)]
+    true, still = [], []
+    bad = {k: [] for k in ("colour", "shape", "size", "direction", "direction_ortho")}
+    for c in clips:
+        frames = world.render_clip(c, size)
+        r = checker.score_clip(frames, world.clip_caption(c))
+        true.append(r)
+        if not (checker.shows_clip(r) and r["background"]):
+            print("FAILED:", json.dumps(r))
+        for kind in bad:  # one wrong caption of each kind, scored on the same frames
+            bad[kind].append(checker.score_clip(frames, wrong_clip(c, kind, rng)))
+        if len(still) < 20:
+            still.append(checker.score_clip([frames[len(frames) // 2]] * len(frames), world.clip_caption(c)))
+    s = checker.summarize_clips(true)
+    print(f"true clip captions ({n} clips, {size}x{size}, {world.CLIP_FRAMES} frames, train+heldout): " + json.dumps(s))
+    ok = s["colour_shape"] >= 0.99 and s["direction"] >= 0.99 and s["background"] >= 0.99 and s["colour_shape_frames"] >= 0.99
+    for kind, metric in {"colour": "colour_shape", "shape": "colour_shape", "size": "size", "direction": "direction",
+                         "direction_ortho": "direction"}.items():
+        v = checker.summarize_clips(bad[kind])[metric]
+        print(f"wrong clip {kind:15s} -> {metric} {v}")
+        ok &= v <= 0.02
+    v = checker.summarize_clips(still)["direction"]
+    print(f"still clips ({len(still)}) -> direction {v}")
+    ok &= v == 0.0
+    # the split: no training clip holds a held-out combination; held-out clips cover each one and every shape
+    rng = random.Random(f"clips:split:{seed}")
+    train = [world.sample_clip(rng, "train") for _ in range(2000)]
+    held = [world.sample_clip(rng, "heldout") for _ in range(2000)]
+    leak = sum(world.clip_is_heldout(c) for c in train)
+    pairs = {(c["colour"], c["shape"]) for c in held} & set(world.HELDOUT_PAIRS)
+    motions = {(c["shape"], c["direction"]) for c in held} & set(world.HELDOUT_MOTIONS)
+    train_vocab = {w for c in train for w in world.clip_caption(c).split()}
+    missing = {w for c in held for w in world.clip_caption(c).split()} - train_vocab
+    shapes = {c["shape"] for c in held}
+    print(f"clip split: {leak} of 2000 train clips hold a held-out combination; held-out clips cover {len(pairs)}/"
+          f"{len(world.HELDOUT_PAIRS)} pairs, {len(motions)}/{len(world.HELDOUT_MOTIONS)} motions, {len(shapes)}/"
+          f"{len(world.SHAPES)} shapes; held-out words unseen in training: {sorted(missing)}")
+    return ok and leak == 0 and len(pairs) == len(world.HELDOUT_PAIRS) and \
+        len(motions) == len(world.HELDOUT_MOTIONS) and len(shapes) == len(world.SHAPES) and not missing
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clips", type=int, default=0, help="also check the clip (video) scoring on this many clips")
     a = ap.parse_args(argv)
     t0 = time.time()
+    ok = True
+    if a.clips:
+        ok &= check_clips(a.clips, a.seed, a.size)
+    if a.n == 0:  # clips only
+        print(f"{'PASS' if ok else 'FAIL'} in {time.time() - t0:.1f} s")
+        return 0 if ok else 1
     rng = random.Random(a.seed)
     scenes = [world.sample_scene(rng, "train" if i % 2 == 0 else "heldout") for i in range(a.n)]
     true, bad, degraded = [], {k: [] for k in ("colour", "shape", "size", "relation", "relation_ortho")}, []
@@ -99,7 +168,7 @@ def main(argv=None):
         degraded.append(checker.score(degrade(img, rng), world.caption(sc)))
     s = checker.summarize(true)
     print(f"true captions ({a.n} scenes, {a.size}x{a.size}, train+heldout): " + json.dumps(s))
-    ok = s["colour_shape"] >= 0.99 and s["position"] >= 0.99
+    ok &= s["colour_shape"] >= 0.99 and s["position"] >= 0.99
     checks = {"colour": "colour_shape", "shape": "colour_shape", "size": "size", "relation": "position",
               "relation_ortho": "position"}
     for kind, metric in checks.items():

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """The shapes world: a seeded generator of coloured-shape scenes, their renders and their captions, with a
-held-out split of combinations that never appear in training. Used to train the built-in demo model and,
+held-out split of combinations that never appear in training; and clips of one shape moving in a straight line
+(render_clip, clip_caption, sample_clip: the video demo model). Used to train the built-in demo models and,
 with checker.py, to score what it generates.
 
     world.py dataset OUT --n 20000 --split train|heldout --seed S [--size 64] [--format png|npz]
     world.py sample --n 5 --split heldout --seed 0          # print captions
+    world.py sample --n 5 --split heldout --clips           # print clip captions (moving shapes, for video)
 
 Scene: 1 or 2 shapes (two shapes always have different colours), each with a colour (COLOURS), a shape
 (SHAPES) and a size (small/large); two shapes stand in one relation (above/below/left of/right of, the
@@ -159,6 +161,61 @@ def render(scene, size=64, ss=4):
     return img.resize((size, size), Image.BOX) if ss > 1 else img
 
 
+# --- Clips: one shape moving in a straight line (the video demo model demo/shapes-video, docs/SHAPES.md) ---
+# Caption: "a {size} {colour} {shape} moving {direction} on a {background} background". The shape keeps its
+# colour, shape and size and moves at constant speed along one axis, covering TRAVEL of the image side over the
+# clip; its whole path stays inside the frame (MARGIN). A clip is held out iff its (colour, shape) is a
+# HELDOUT_PAIRS pair or its (shape, direction) a HELDOUT_MOTIONS pair: training sees every word, never these
+# combinations.
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+HELDOUT_MOTIONS = [("square", "up"), ("star", "left"), ("cross", "down")]
+TRAVEL = (0.3, 0.45)  # distance covered from the first frame to the last, as a fraction of the image side
+CLIP_FRAMES = 17      # 2 s at 8 fps; 4k+1 frames, as CogVideoX's causal VAE (temporal compression 4) wants
+
+
+def clip_is_heldout(clip):
+    return (clip["colour"], clip["shape"]) in HELDOUT_PAIRS or (clip["shape"], clip["direction"]) in HELDOUT_MOTIONS
+
+
+def sample_clip(rng: random.Random, split="train"):
+    """One clip dict of the split (rejection-sampled against the held-out rule): the object's colour, shape,
+    size, box side, direction, travel and first-frame centre (x0, y0), and the background."""
+    while True:
+        colour, shape = rng.choice(sorted(COLOURS)), rng.choice(SHAPES)
+        size, direction = rng.choice(sorted(SIZES)), rng.choice(sorted(DIRECTIONS))
+        bg = [rng.choice(sorted(BACKGROUNDS))]
+        if rng.random() < 0.4:
+            bg.append(rng.choice([b for b in sorted(BACKGROUNDS) if b != bg[0]]))
+        side, travel = rng.uniform(*SIZES[size]), rng.uniform(*TRAVEL)
+        lo, hi = MARGIN + side / 2, 1 - MARGIN - side / 2
+        start = []
+        for d in DIRECTIONS[direction]:  # x then y: the whole path inside [lo, hi]
+            start.append(rng.uniform(lo, hi) if d == 0 else rng.uniform(lo, hi - travel) if d > 0 else
+                         rng.uniform(lo + travel, hi))
+        clip = {"colour": colour, "shape": shape, "size": size, "side": round(side, 4), "direction": direction,
+                "travel": round(travel, 4), "x0": round(start[0], 4), "y0": round(start[1], 4), "background": bg}
+        if clip_is_heldout(clip) == (split == "heldout"):
+            return clip
+
+
+def clip_caption(clip):
+    return (f"a {clip['size']} {clip['colour']} {clip['shape']} moving {clip['direction']} "
+            f"on a {' over '.join(clip['background'])} background")
+
+
+def clip_scene(clip, t):
+    """The scene (sample_scene's form) of the clip at time t in [0, 1]."""
+    dx, dy = DIRECTIONS[clip["direction"]]
+    o = {k: clip[k] for k in ("colour", "shape", "size", "side")}
+    o.update(cx=clip["x0"] + dx * clip["travel"] * t, cy=clip["y0"] + dy * clip["travel"] * t)
+    return {"objects": [o], "relation": None, "background": clip["background"]}
+
+
+def render_clip(clip, size=64, frames=CLIP_FRAMES):
+    """The clip's frames: a list of RGB PIL images (render() of each time step, anti-aliased sub-pixel motion)."""
+    return [render(clip_scene(clip, i / (frames - 1)), size) for i in range(frames)]
+
+
 def write_dataset(out, n, split, seed, size=64, fmt="png"):
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,6 +254,7 @@ def main(argv=None):
         p.add_argument("--seed", type=int, default=0)
     d.add_argument("--size", type=int, default=64)
     d.add_argument("--format", choices=["png", "npz"], default="png")
+    s.add_argument("--clips", action="store_true", help="print clip captions (the moving-shapes videos)")
     a = ap.parse_args(argv)
     if a.cmd == "dataset":
         write_dataset(a.out, a.n, a.split, a.seed, a.size, a.format)
@@ -204,7 +262,7 @@ def main(argv=None):
     else:
         rng = random.Random(f"{a.split}:{a.seed}")
         for _ in range(a.n):
-            print(caption(sample_scene(rng, a.split)))
+            print(clip_caption(sample_clip(rng, a.split)) if a.clips else caption(sample_scene(rng, a.split)))
 
 
 if __name__ == "__main__":
