@@ -16,5 +16,6 @@ Command add_inspect_command(CLI::App& app);
 Command add_generate_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
+Command add_edit_command(CLI::App& app);
 
 }  // namespace mmdit

@@ -37,8 +37,9 @@ int main(int argc, char** argv) {
   bool verbose = false, quiet = false;
   app.add_flag("-v,--verbose", verbose, "More log output");
   app.add_flag("-q,--quiet", quiet, "Only warnings and errors");
-  const mmdit::Command commands[] = {mmdit::add_generate_command(app), mmdit::add_inspect_command(app),
-                                     mmdit::add_bench_command(app), mmdit::add_run_command(app)};
+  const mmdit::Command commands[] = {mmdit::add_generate_command(app), mmdit::add_edit_command(app),
+                                     mmdit::add_inspect_command(app), mmdit::add_bench_command(app),
+                                     mmdit::add_run_command(app)};
 
   try {
     app.parse(argc, argv);

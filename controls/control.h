@@ -50,6 +50,7 @@ struct ControlContext {
   int step = -1, num_steps = 0;  // denoising iteration (0 = first, noisiest) and their number
   double timestep = 0;           // the scheduler's timestep value at this step
   std::vector<BranchRows> rows;  // the batch, branch by branch
+  bool pairs = false;            // an edit: each branch's rows are [source, target]
   std::vector<Control*> controls;
   const BranchRows* find(Branch b, int id = 0) const;
   int64_t batch() const { return rows.empty() ? 0 : rows.back().end; }
@@ -85,6 +86,7 @@ struct AttentionCall {
 // What a generation is about, for controls that need more than one pass (attention maps).
 struct GenerationInfo {
   std::vector<std::pair<int64_t, std::string>> words;  // text positions in the joint text range, and their tokens
+  std::vector<int64_t> edit_tokens;                    // an edit: text positions of the edit words in the source
   int64_t frames = 1, grid_h = 0, grid_w = 0;           // image tokens: frames x grid_h x grid_w
   int width = 0, height = 0, batch = 1, fps = 8;
 };

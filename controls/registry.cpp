@@ -19,6 +19,7 @@ const Entry kControls[] = {
     {"skip-blocks", make_skip_blocks},
     {"attention-maps", make_attention_maps},
     {"regions", make_regional},
+    {"consistedit", make_consistedit},
 };
 
 }  // namespace

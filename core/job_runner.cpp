@@ -193,9 +193,7 @@ int run_jobs(const JobFile& jobs, const RunOptions& opt) {
           }
           progress.finish();
           if (stopped()) throw Interrupted{};  // after the last step, before writing
-          for (size_t b = 0; b < images.size(); ++b) {
-            const std::string path = output_path(r, int(b));
-            write_png(path, images[b], png_metadata(r, pipe->name(), int(b)));
+          for (const auto& path : write_images(r, images, pipe->name())) {
             written.push_back(path);
             std::printf("%s\n", path.c_str());
             std::fflush(stdout);

@@ -241,7 +241,16 @@ JobFile parse_jobs(const nlohmann::json& doc, const fs::path& base_dir, const st
       run.req.output = out.lexically_normal().string();
       if (!base.attention_maps.empty())
         run.req.attention_maps = expand_template(base.attention_maps, run.index, s, base.prompt, date);
+      // An edit's other outputs: templates like "output", relative to the job file's folder.
+      for (std::string GenerateRequest::*extra : {&GenerateRequest::source_output, &GenerateRequest::mask_output}) {
+        if ((base.*extra).empty()) continue;
+        fs::path p(expand_template(base.*extra, run.index, s, base.prompt, date));
+        if (!p.is_absolute()) p = base_dir / p;
+        run.req.*extra = p.lexically_normal().string();
+      }
       run.outputs = batch_outputs(run.req);
+      for (const std::string* extra : {&run.req.source_output, &run.req.mask_output})
+        if (!extra->empty()) run.outputs.push_back(*extra);
       f.runs.push_back(std::move(run));
     }
   }

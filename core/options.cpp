@@ -155,6 +155,21 @@ std::vector<RequestOption> make_options() {
   t.str("region_background", "", "Regional prompts: prompt of the area no region covers (default: the base prompt)",
         Type::String, &R::region_background);
 
+  t.group = "Editing";
+  t.str("source_prompt", "", "Edit (mmdit edit): the source image's prompt; --prompt is the target, made from the same "
+                             "noise in one batch",
+        Type::String, &R::source_prompt);
+  t.str("edit_method", "", "Edit method: consistedit (SD3/SD3.5; FLUX single blocks)", Type::String, &R::edit_method)
+      .choices = {"consistedit"};
+  t.number("strength", "Edit: ConsistEdit's alpha, the fraction of early steps whose structure (Q, K) is the "
+                       "source's everywhere, 0..1 (default 1: colour and material edits; 0.1-0.3 for shape edits)",
+           &R::strength, 0, 1);
+  t.str("edit_words", "", "Edit: words whose attention marks the edited region, comma-separated (default: the words "
+                          "of the source prompt that the target lacks)",
+        Type::String, &R::edit_words);
+  t.str("source_output", "", "Edit: write the source image here too (PNG)", Type::String, &R::source_output);
+  t.str("mask_output", "", "Edit: write the derived edit mask here (PNG, white = edited)", Type::String, &R::mask_output);
+
   t.group = "Video";
   t.integer("frames", "", "Video frames, 4k+1 (video models; default: the model's, 49 for CogVideoX)", &R::frames, 0,
             std::nullopt, true);
@@ -428,6 +443,10 @@ void check_option(const RequestOption& o, const nlohmann::json& v, const std::st
         bad_got("expected one of " + list);
       } else if (o.key == "device" && !valid_device(s)) {
         bad_got("expected cpu, cuda or cuda:N");
+      } else if (o.key == "source_output" || o.key == "mask_output") {
+        const std::string p = template_problem(s, true);
+        if (!p.empty()) bad(p);
+        else if (fs::path(s).extension() != ".png") bad_got("expected a .png file");
       } else if (o.key == "output" || o.type == Type::Folder) {
         const std::string p = template_problem(s, o.key == "output");
         if (!p.empty()) bad(p);
@@ -682,7 +701,7 @@ nlohmann::ordered_json request_json(const GenerateRequest& r) {
     else if (o->number) j[k] = r.*o->number;
   }
   for (const auto& o : request_options()) {
-    if (is_core(o.key) || o.key == "output") continue;
+    if (is_core(o.key) || o.key == "output" || o.key == "source_output" || o.key == "mask_output") continue;
     if (o.enables && !(r.*o.enables)) continue;  // APG's keys only when APG is on
     if (o.str && (r.*o.str != d.*o.str || o.enables)) j[o.key] = r.*o.str;
     else if (o.integer && (r.*o.integer != d.*o.integer || o.enables)) j[o.key] = r.*o.integer;

@@ -39,7 +39,18 @@ void check_video_output(const GenerateRequest& r) {
   }
 }
 
+void check_png_output(const std::string& path, const std::string& flag) {
+  std::string ext = fs::path(path).extension().string();
+  for (auto& c : ext) c = char(std::tolower(static_cast<unsigned char>(c)));
+  if (ext != ".png") throw UsageError(flag + " " + path + ": images are written as .png");
+  const fs::path p(path);
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  if (!fs::is_directory(dir)) throw FileError(flag + " " + path + ": folder " + dir.string() + " does not exist");
+}
+
 void check_output(const GenerateRequest& r) {
+  if (!r.source_output.empty()) check_png_output(r.source_output, "--source-output");
+  if (!r.mask_output.empty()) check_png_output(r.mask_output, "--mask-output");
   if (is_pattern(r.output) || fs::path(r.output).extension() == ".mp4") return;  // video outputs: checked after loading
   const fs::path p = output_path(r, 0);
   std::string ext = p.extension().string();
@@ -122,6 +133,29 @@ std::vector<std::string> write_videos(const GenerateRequest& r, Pipeline& pipe,
   return written;
 }
 
+std::vector<std::string> write_images(const GenerateRequest& r, const std::vector<Image>& images,
+                                      const std::string& model_name) {
+  std::vector<std::string> written;
+  if (!r.source_prompt.empty()) {  // an edit: [source, target]
+    write_png(output_path(r, 0), images.at(1), png_metadata(r, model_name, 0));
+    written.push_back(output_path(r, 0));
+    if (!r.source_output.empty()) {
+      GenerateRequest source = r;  // the source image's own parameters: its prompt, no edit
+      source.prompt = r.source_prompt;
+      source.source_prompt.clear();
+      write_png(r.source_output, images.at(0), png_metadata(source, model_name, 0));
+      written.push_back(r.source_output);
+    }
+    return written;
+  }
+  for (size_t i = 0; i < images.size(); ++i) {
+    const std::string path = output_path(r, int(i));
+    write_png(path, images[i], png_metadata(r, model_name, int(i)));
+    written.push_back(path);
+  }
+  return written;
+}
+
 void generate(GenerateRequest r) {
   check_output(r);
   const auto t0 = std::chrono::steady_clock::now();
@@ -143,11 +177,7 @@ void generate(GenerateRequest r) {
   Progress progress("denoise", r.steps);
   auto images = pipe->generate(r, [&](int, int) { progress.step(); });
   progress.finish();
-  for (size_t i = 0; i < images.size(); ++i) {
-    const std::string path = output_path(r, int(i));
-    write_png(path, images[i], png_metadata(r, pipe->name(), int(i)));
-    std::printf("%s\n", path.c_str());
-  }
+  for (const auto& path : write_images(r, images, pipe->name())) std::printf("%s\n", path.c_str());
 }
 
 }  // namespace mmdit

@@ -61,6 +61,12 @@ struct GenerateRequest {
   double region_base_ratio = 0.3;  // the official defaults (infer_flux_regional.py)
   int region_steps = 10;
   std::string region_background;  // prompt of the area no region covers (default: the base prompt)
+  // Consistent editing (`mmdit edit`): source and target (`prompt`) from the same noise in one batch.
+  std::string source_prompt;          // set: this request is an edit
+  std::string edit_method = "consistedit";
+  double strength = 1.0;              // ConsistEdit's alpha: the fraction of early steps that lock the structure
+  std::string edit_words;             // comma-separated; default: the words of the source the target lacks
+  std::string source_output, mask_output;  // where the source image and the derived edit mask go (optional)
   // Video models (CogVideoX). 0 / empty mean "the pipeline's default".
   int frames = 0, fps = 0, crf = 18;
   std::string sampler;  // "ddim" or "dpm" (default: the model's scheduler class)
@@ -99,6 +105,11 @@ std::map<std::string, std::string> png_metadata(const GenerateRequest& r, const 
 // The file of batch entry `index`: r.output (default mmdit-SEED.png), with "-INDEX" before the
 // extension when r.batch > 1.
 std::string output_path(const GenerateRequest& r, int index);
+
+// Writes the images of an image request (atomically): one per batch entry at output_path(); for an edit (source
+// and target) the target at r.output and the source at r.source_output when set. Returns the written paths.
+std::vector<std::string> write_images(const GenerateRequest& r, const std::vector<Image>& images,
+                                      const std::string& model_name);
 
 // Runs a video pipeline and writes r.output (an .mp4, or PNG frames for a pattern like f_%03d.png);
 // returns the written paths.

@@ -16,6 +16,7 @@
 #include "models/t5_encoder.h"
 #include "models/t5_tokenizer.h"
 #include "models/vae.h"
+#include "controls/consistedit.h"
 #include "controls/control.h"
 #include "controls/regional.h"
 #include "samplers/flow_match.h"
@@ -54,6 +55,7 @@ class Sd3Pipeline : public Pipeline {
   void release_encoders();
   Encoding encode(const std::string& prompt, int max_sequence_length);
   ModelShape shape() const;
+  std::vector<int64_t> edit_tokens(const GenerateRequest& r) const;
   at::Tensor clip_hidden(const ClipTokenizer& tok, ClipTextModel& enc, const std::string& prompt, at::Tensor& pooled);
 
   Sources src_;
@@ -224,6 +226,7 @@ void Sd3Pipeline::resolve(GenerateRequest& r) const {
   if (r.max_sequence_length > 512) throw UsageError("--max-sequence-length: at most 512");
   if (r.shift <= 0) r.shift = src_.scheduler_config.value("shift", 3.0);
   make_controls(r, shape());  // every control flag checked against this model before anything runs
+  if (!r.source_prompt.empty()) edit_tokens(r);  // the edit words are in the source prompt
   if (r.dtype.empty()) r.dtype = short_dtype_name(dtype_);
 }
 
@@ -232,13 +235,33 @@ ModelShape Sd3Pipeline::shape() const {
   return {"sd3", int(c.num_layers), 0, int(c.num_attention_heads)};
 }
 
+std::vector<int64_t> Sd3Pipeline::edit_tokens(const GenerateRequest& r) const {
+  // ConsistEdit's token indices: CLIP-L's, then T5's after the 77 CLIP positions, of each edit word's first
+  // occurrence in the source prompt.
+  std::vector<int64_t> out;
+  const auto clip = tok_l_->encode(r.source_prompt, 77);
+  std::vector<int64_t> t5;
+  if (tok_t5_) t5 = tok_t5_->encode(r.source_prompt, r.max_sequence_length);
+  for (const auto& w : edit_words(r)) {
+    auto c = token_positions(clip, tok_l_->tokenize(w));
+    std::vector<int64_t> t;
+    if (tok_t5_) t = token_positions(t5, tok_t5_->tokenize(w));
+    if (c.empty() && t.empty()) throw UsageError("--edit-words: '" + w + "' is not in the source prompt");
+    out.insert(out.end(), c.begin(), c.end());
+    for (int64_t i : t) out.push_back(77 + i);
+  }
+  return out;
+}
+
 std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::function<void(int, int)>& step) {
   torch::NoGradGuard no_grad;
   const bool cfg = r.cfg > 1.0;  // diffusers: do_classifier_free_guidance = guidance_scale > 1
-  const int64_t n = r.batch;
+  const bool edit = !r.source_prompt.empty();
+  const int64_t n = edit ? 2 : r.batch;  // an edit: [source, target] in every branch
   Encoding pos = encode(r.prompt, r.max_sequence_length);
-  Encoding neg;
+  Encoding neg, src;
   if (cfg) neg = encode(r.negative_prompt, r.max_sequence_length);
+  if (edit) src = encode(r.source_prompt, r.max_sequence_length);
   // Encodings are cached; when device memory runs short, the encoders (T5-XXL alone is ~9.5 GB in bf16)
   // make room for the denoising activations and are reloaded only for a new prompt.
   if (const auto mem = device_memory(device_); mem.total && mem.free < mem.total / 4) {
@@ -247,30 +270,32 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
     empty_device_cache();
   }
   // num_images_per_prompt: every image of the batch gets the same encoding.
-  auto rep = [n](const at::Tensor& t) {
+  auto rep = [](const at::Tensor& t, int64_t k) {
     if (!t.defined()) return t;
     std::vector<int64_t> reps(size_t(t.dim()), 1);
-    reps[0] = n;
+    reps[0] = k;
     return t.repeat(reps);
   };
-  at::Tensor embeds = rep(pos.embeds), pooled = rep(pos.pooled), neg_embeds = rep(neg.embeds), neg_pooled = rep(neg.pooled);
+  at::Tensor embeds = edit ? at::cat({src.embeds, pos.embeds}) : rep(pos.embeds, n);
+  at::Tensor pooled = edit ? at::cat({src.pooled, pos.pooled}) : rep(pos.pooled, n);
+  at::Tensor neg_embeds = rep(neg.embeds, n), neg_pooled = rep(neg.pooled, n);
   // Regional prompts: the regions' encodings side by side are the cond text of the first steps (controls/regional.h).
   at::Tensor regional_embeds;
   if (!r.regions.empty()) {
     std::vector<at::Tensor> parts;
     for (const auto& p : region_layout(r, INT_MAX).prompts) parts.push_back(encode(p, r.max_sequence_length).embeds);
-    regional_embeds = rep(at::cat(parts, 1));
+    regional_embeds = rep(at::cat(parts, 1), n);
   }
   auto padded = [&](const at::Tensor& t) {  // to the regional text length, zeros after the prompt
     return t.defined() ? at::constant_pad_nd(t, {0, 0, 0, regional_embeds.size(1) - t.size(1)}) : t;
   };
   // Noise from the CPU generator in the model dtype, exactly as diffusers' randn_tensor does, then moved:
-  // the same seed gives the same image on any device.
+  // the same seed gives the same image on any device. An edit's source and target share one noise.
   const auto& tc = transformer_->config();
   const int64_t f = vae_->downscale();
   auto gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
-  at::Tensor latents = at::randn({n, tc.in_channels, r.height / f, r.width / f}, gen, at::TensorOptions().dtype(dtype_))
-                           .to(device_);
+  at::Tensor noise = at::randn({edit ? 1 : n, tc.in_channels, r.height / f, r.width / f}, gen,
+                               at::TensorOptions().dtype(dtype_)).to(device_);
 
   FlowMatchConfig sched_cfg = FlowMatchConfig::from_json(src_.scheduler_config);
   sched_cfg.shift = r.shift;
@@ -278,29 +303,45 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
   sched.set_timesteps(r.steps);
   // All timesteps go to the device once, so the loop makes no host-device copies.
   at::Tensor timesteps = at::tensor(sched.timesteps(), at::kFloat).to(device_);
-  // The guidance stage owns the batch: [uncond], cond, one perturbed branch per guidance control.
+  // The guidance stage owns the batch: [uncond], cond, [base], one perturbed branch per guidance control.
   Guidance guidance(GuidanceConfig::from_request(r, cfg), make_controls(r, shape()), shape());
   GenerationInfo info;
   info.words = tok_l_->word_tokens(r.prompt, 77);  // CLIP-L's tokens lead SD3's text sequence
+  if (edit) info.edit_tokens = edit_tokens(r);
   info.grid_h = r.height / f / tc.patch_size;
   info.grid_w = r.width / f / tc.patch_size;
   info.width = r.width, info.height = r.height, info.batch = r.batch;
   guidance.begin(info);
-  for (int i = 0; i < r.steps; ++i) {
-    at::Tensor v;
-    if (guidance.zero_step(i)) {
-      v = at::zeros_like(latents);
-    } else {
-      const ControlContext ctx = guidance.context(i, r.steps, sched.timesteps()[size_t(i)], n);
-      at::Tensor x = Guidance::by_branch(ctx, latents, latents);
-      at::Tensor text = ctx.find(Branch::Base) ? Guidance::by_branch(ctx, regional_embeds, padded(neg_embeds), padded(embeds))
-                                               : Guidance::by_branch(ctx, embeds, neg_embeds);
-      at::Tensor pred = transformer_->forward(x, text, Guidance::by_branch(ctx, pooled, neg_pooled),
-                                              timesteps[i].expand({x.size(0)}), &ctx);
-      v = guidance.combine(pred, ctx, r.cfg);
+  // One denoising run of `rows` images per branch; pairs: the rows are an edit's [source, target].
+  auto denoise = [&](at::Tensor latents, const at::Tensor& e, const at::Tensor& p, const at::Tensor& ne,
+                     const at::Tensor& np, int64_t rows, bool pairs, bool report) {
+    for (int i = 0; i < r.steps; ++i) {
+      at::Tensor v;
+      if (guidance.zero_step(i)) {
+        v = at::zeros_like(latents);
+      } else {
+        ControlContext ctx = guidance.context(i, r.steps, sched.timesteps()[size_t(i)], rows);
+        ctx.pairs = pairs;
+        at::Tensor x = Guidance::by_branch(ctx, latents, latents);
+        at::Tensor text = ctx.find(Branch::Base) ? Guidance::by_branch(ctx, regional_embeds, padded(ne), padded(e))
+                                                 : Guidance::by_branch(ctx, e, ne);
+        at::Tensor pred = transformer_->forward(x, text, Guidance::by_branch(ctx, p, np),
+                                                timesteps[i].expand({x.size(0)}), &ctx);
+        v = guidance.combine(pred, ctx, r.cfg);
+      }
+      latents = sched.step(v, latents, i);
+      if (step && report) step(i + 1, r.steps);
     }
-    latents = sched.step(v, latents, i);
-    if (step) step(i + 1, r.steps);
+    return latents;
+  };
+  at::Tensor latents;
+  if (edit) {
+    // ConsistEdit: the source alone first (its attention gives the edit mask), then source and target together.
+    auto first = [](const at::Tensor& t) { return t.defined() ? t.narrow(0, 0, 1) : t; };
+    denoise(noise, src.embeds, src.pooled, first(neg_embeds), first(neg_pooled), 1, false, false);
+    latents = denoise(noise.repeat({2, 1, 1, 1}), embeds, pooled, neg_embeds, neg_pooled, 2, true, true);
+  } else {
+    latents = denoise(noise, embeds, pooled, neg_embeds, neg_pooled, n, false, true);
   }
   auto images = to_images(vae_->decode_latents(latents));
   guidance.end(images);

@@ -207,6 +207,79 @@ TEST(Controls, BadRegionsExitTwoWithOneLineAndNoOutput) {
   }
 }
 
+// ConsistEdit against its own code (zxYin/ConsistEdit_Code, scripts/reference/consistedit_official.py) on the tiny
+// SD3 of the goldens: source, target and the derived mask.
+TEST(Controls, ConsistEditEqualsTheOfficialCode) {
+  const fs::path dir = test::source_dir() / "tests" / "data" / "consistedit";
+  const json cases = read_json(dir / "cases.json");
+  ASSERT_GE(cases.size(), 2u);
+  for (const auto& c : cases) {
+    const std::string name = c["name"];
+    SCOPED_TRACE(name);
+    const auto out = test::temp_dir("controls_" + name);
+    auto r = test::run_mmdit("edit -q --model " + (golden() / c["model"].get<std::string>()).string() + " " +
+                                 c["args"].get<std::string>() + " -o " + (out / "t.png").string() + " --source-output " +
+                                 (out / "s.png").string() + " --mask-output " + (out / "m.png").string(),
+                             name);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    for (auto [ours, theirs] : {std::pair{"s.png", "source"}, {"t.png", "target"}}) {
+      Image expected = read_png(dir / c[theirs].get<std::string>());
+      EXPECT_GT(spread(expected), 40);
+      EXPECT_LE(max_pixel_diff(read_png(out / ours), expected), 1) << theirs;
+    }
+    // Their mask: the token grid, white = kept; ours: the output size, white = edited.
+    Image kept = read_png(dir / c["mask"].get<std::string>()), edited = read_png(out / "m.png");
+    const int cell = edited.width / kept.width;
+    int cells = 0, agree = 0, edited_cells = 0;
+    for (int y = 0; y < kept.height; ++y)
+      for (int x = 0; x < kept.width; ++x) {
+        const bool k = kept.pixels[size_t(y * kept.width + x) * kept.channels] > 127;
+        const bool e = edited.pixels[size_t((y * cell + cell / 2) * edited.width + x * cell + cell / 2) * edited.channels] > 127;
+        ++cells, agree += k != e, edited_cells += e;
+      }
+    EXPECT_EQ(agree, cells);
+    EXPECT_GT(edited_cells, 0);
+    EXPECT_LT(edited_cells, cells);
+  }
+  // The edit differs from generating the target alone from the same seed: the source's structure holds.
+  const json& c = cases[0];
+  const auto out = test::temp_dir("controls_consistedit_plain");
+  std::string args = c["args"];
+  args = std::regex_replace(args, std::regex("--source-prompt '[^']*' "), "");
+  args = std::regex_replace(args, std::regex("--edit-words \\S+ --strength \\S+ "), "");
+  auto p = test::run_mmdit("generate -q --model " + (golden() / c["model"].get<std::string>()).string() + " " + args +
+                               " -o " + (out / "plain.png").string(), "consistedit_plain");
+  ASSERT_EQ(p.exit_code, 0) << p.err;
+  EXPECT_GT(max_pixel_diff(read_png(out / "plain.png"), read_png(dir / c["target"].get<std::string>())), 1);  // 4 measured
+}
+
+TEST(Controls, BadEditsExitTwoWithOneLineAndNoOutput) {
+  const auto dir = test::temp_dir("controls_bad_edits");
+  const std::string out = dir / "x.png";
+  const std::string sd3 = (golden() / "tiny-sd3").string();
+  const std::vector<std::tuple<std::string, std::string, std::string>> bad = {
+      {"edit --model " + sd3 + " --prompt 'a red star'", "", "--source-prompt: mmdit edit needs"},
+      {"edit --model " + sd3 + " --source-prompt 'a red star'", "", "--prompt"},
+      {"edit --model " + sd3 + " --source-prompt 'a red star' --prompt 'a red star'", "", "has no word the target lacks"},
+      {"edit --model " + sd3 + " --source-prompt 'a red star' --prompt 'a blue star' --edit-words moon", "",
+       "--edit-words: 'moon' is not in the source prompt"},
+      {"edit --model " + sd3 + " --source-prompt 'a red star' --prompt 'a blue star' --mask-output " + (dir / "m.jpg").string(), "",
+       "--mask-output"},
+      {"edit --model " + sd3 + " --source-prompt 'a red star' --prompt 'a blue star' --batch 2", "", "--batch"},
+      {"edit --model " + sd3 + " --source-prompt 'a red star' --prompt 'a blue star' --edit-method freeflux", "", "--edit-method"},
+      {"edit --model " + (golden() / "tiny-flux-dev").string() + " --source-prompt 'a red star' --prompt 'a blue star'", "",
+       "consistent editing is for SD3"},
+      {"generate --model " + sd3 + " --prompt 'a red star' --mask-output " + (dir / "m.png").string(), "", "only for edits"},
+  };
+  for (const auto& [args, unused, message] : bad) {
+    auto r = test::run_mmdit(args + " --steps 2 -o " + out, "bad_edit");
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
+    EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
+    EXPECT_FALSE(fs::exists(out)) << args;
+  }
+}
+
 TEST(Controls, AttentionMapsAreTheExactProbabilities) {
   const json cases = read_json(golden() / "cases.json");
   for (const auto& c : cases) {

@@ -14,6 +14,10 @@ every held-out caption and seed; then:
   skip       leaving out a block costs the caption (--skip-blocks 1: the score falls);
   regions    two region prompts in the left and right halves put each object in its half; the base prompt alone
              ("A above B") places them anywhere left-right (pairs of random colours, shapes, sizes, backgrounds);
+  edits      a background edit (mmdit edit, ConsistEdit, default edit words: the background word) keeps the object
+             where it was: the object's pixels in the target overlap those in the source (mean IoU >= 0.6), and
+             more than generating the target prompt alone from the same seed does. Colour edits are measured and
+             reported, not asserted: on this model they do not hold the object (docs/CONTROLS.md);
   maps       the attention map of an object's shape word peaks inside that object (after a 3x3 box filter on the
              token grid, the object's box grown by one cell); the map of its colour word weighs more on it than on
              the other object of the caption (the demo model's CLIP is causal, and it carries much of the colour in
@@ -79,6 +83,33 @@ def in_halves(img, colours):
     return a is not None and b is not None and a["cx"] < 0.5 and b["cx"] > 0.5
 
 
+def edit_pairs(n, seed=7):
+    """n single-object edits, alternating a colour edit and a background edit: (source, target, source colour,
+    target colour)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        c1, c2 = rng.sample(list(world.COLOURS), 2)
+        shape, size = rng.choice(world.SHAPES), rng.choice(["small", "large"])
+        b1, b2 = rng.sample(list(world.BACKGROUNDS), 2)
+        src = f"a {size} {c1} {shape} on a {b1} background"
+        if i % 2 == 0:
+            out.append((src, f"a {size} {c2} {shape} on a {b1} background", c1, c2))
+        else:
+            out.append((src, f"a {size} {c1} {shape} on a {b2} background", c1, c1))
+    return out
+
+
+def object_pixels(img, colour):
+    lab, cov = checker.colour_maps(np.asarray(img.convert("RGB")))
+    return (lab == checker.NAMES.index(colour)) & (cov >= checker.COVER_MIN)
+
+
+def iou(a, b):
+    u = (a | b).sum()
+    return float((a & b).sum() / u) if u else 0.0
+
+
 def box(d, g):
     """The token cells of the grid g x g inside detected object d's box, grown by one cell."""
     y, x = np.mgrid[0:g, 0:g]
@@ -124,6 +155,7 @@ def main(argv=None):
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--out", default=str(ROOT / "build" / "control-effects"))
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--score-only", action="store_true", help="score the images an earlier run left in --out")
     a = ap.parse_args(argv)
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,13 +170,19 @@ def main(argv=None):
                     job["attention_maps"] = f"maps/{s}-{i}"
                 jobs.append(job)
                 index.append((name, s, i))
-    pairs = region_pairs(a.n)
-    for i, p in enumerate(pairs):
+    regions = region_pairs(a.n)
+    for i, p in enumerate(regions):
         halves = [{"box": [0, 0, 32, 64], "prompt": p["left"]}, {"box": [32, 0, 64, 64], "prompt": p["right"]}]
         jobs.append({"prompt": p["prompt"], "seed": i, "cfg": 5.0, "output": f"regions_plain/{i}.png"})
         jobs.append({"prompt": p["prompt"], "seed": i, "cfg": 5.0, "output": f"regions/{i}.png", "regions": halves})
+    edits = edit_pairs(a.n)
+    for i, (src, tgt, _, _) in enumerate(edits):
+        jobs.append({"source_prompt": src, "prompt": tgt, "seed": i, "cfg": 5.0, "output": f"edit/{i}-target.png",
+                     "source_output": f"edit/{i}-source.png"})
+        jobs.append({"prompt": tgt, "seed": i, "cfg": 5.0, "output": f"edit_plain/{i}.png"})
     (out / "jobs.json").write_text(json.dumps({"defaults": {"model": a.model, "steps": 28}, "jobs": jobs}))
-    subprocess.run([a.mmdit, "run", "-q", str(out / "jobs.json")], check=True, stdout=subprocess.DEVNULL)
+    if not a.score_only:
+        subprocess.run([a.mmdit, "run", "-q", str(out / "jobs.json")], check=True, stdout=subprocess.DEVNULL)
 
     results = {}
     for name, s, i in index:
@@ -162,12 +200,22 @@ def main(argv=None):
         shape_peaks += sp
         colour_weights += cw
     frac = lambda xs: round(sum(xs) / max(len(xs), 1), 4)  # noqa: E731
-    halves = {v: frac([in_halves(Image.open(out / v / f"{i}.png"), p["colours"]) for i, p in enumerate(pairs)])
+    source = lambda i: Image.open(out / "edit" / f"{i}-source.png")  # noqa: E731
+    edit_iou = [iou(object_pixels(source(i), c1), object_pixels(Image.open(out / "edit" / f"{i}-target.png"), c2))
+                for i, (_, _, c1, c2) in enumerate(edits)]
+    plain_iou = [iou(object_pixels(source(i), c1), object_pixels(Image.open(out / "edit_plain" / f"{i}.png"), c2))
+                 for i, (_, _, c1, c2) in enumerate(edits)]
+    halves = {v: frac([in_halves(Image.open(out / v / f"{i}.png"), p["colours"]) for i, p in enumerate(regions)])
               for v in ("regions_plain", "regions")}
     report = {"colour_shape": cs, "mean_level_difference": diff,
               "shape_map_peaks_inside": frac(shape_peaks), "shape_maps_checked": len(shape_peaks),
               "colour_map_on_named_object": frac(colour_weights), "colour_maps_checked": len(colour_weights),
               "objects_in_their_halves": halves,
+              "edit_object_iou": {kind: {"edit": round(float(np.mean(edit_iou[first::2])), 4),
+                                         "plain": round(float(np.mean(plain_iou[first::2])), 4),
+                                         "edit_each": [round(x, 3) for x in edit_iou[first::2]],
+                                         "plain_each": [round(x, 3) for x in plain_iou[first::2]]}
+                                  for kind, first in (("colour", 0), ("background", 1))},
               "captions": len(captions), "seeds": seeds}
     (out / "effects.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
@@ -188,6 +236,9 @@ def main(argv=None):
         ("leaving out block 1 costs the caption", cs["cfg5_skip1"] <= cs["cfg5"] - 0.2),
         ("region prompts put the objects in their regions", halves["regions"] >= 0.8),
         ("the base prompt alone does not", halves["regions_plain"] <= halves["regions"] - 0.4),
+        ("a background edit keeps the object where it was", report["edit_object_iou"]["background"]["edit"] >= 0.6),
+        ("generating the target alone keeps it less", report["edit_object_iou"]["background"]["plain"] <=
+         report["edit_object_iou"]["background"]["edit"] - 0.2),
         ("shape-word maps peak on their object", report["shape_map_peaks_inside"] >= 0.85 and len(shape_peaks) >= 10),
         ("colour-word maps weigh more on their object", report["colour_map_on_named_object"] >= 0.75),
     ]

@@ -1,0 +1,17 @@
+// What an edit's pipeline needs from the ConsistEdit control's side (controls/consistedit.cpp): which words mark
+// the edited region, and where their tokens are. Torch-free.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "models/pipeline.h"
+
+namespace mmdit {
+
+// --edit-words, or the words of the source prompt that the target lacks (lower case, punctuation trimmed).
+std::vector<std::string> edit_words(const GenerateRequest& r);
+// Where the token sequence `word` first occurs in `ids`; empty when it does not.
+std::vector<int64_t> token_positions(const std::vector<int64_t>& ids, const std::vector<int64_t>& word);
+
+}  // namespace mmdit
