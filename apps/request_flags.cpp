@@ -1,6 +1,9 @@
 #include "apps/request_flags.h"
 
 #include <limits>
+#include <random>
+
+#include "core/model_folder.h"
 
 namespace mmdit {
 
@@ -59,6 +62,13 @@ void finish_request_flags(RequestFlags& f) {
   for (const auto& m : f.region_masks) r.regions.push_back(parse_region_mask(m));
   parse_head_list(r.pag_heads, "--pag-heads");
   if (!r.text_scale.empty()) parse_layer_scale(r.text_scale, "--text-scale");
+}
+
+GenerateRequest& complete_request(RequestFlags& f) {
+  finish_request_flags(f);
+  if (f.req.model.empty()) f.req.model = builtin_model();
+  if (!f.seed_given) f.req.seed = std::random_device{}() & 0xffffffffu;
+  return f.req;
 }
 
 }  // namespace mmdit

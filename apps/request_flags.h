@@ -28,5 +28,8 @@ void add_request_flags(CLI::App* sub, const std::shared_ptr<RequestFlags>& flags
 // After parsing: the lists parsed, the options that enable a feature applied, the text forms checked (a
 // malformed value fails here with one line, before any model is loaded).
 void finish_request_flags(RequestFlags& flags);
+// finish_request_flags, then what a command line leaves to defaults: the built-in model without --model, a random
+// seed (printed and embedded, so the image can be reproduced) without --seed.
+GenerateRequest& complete_request(RequestFlags& flags);
 
 }  // namespace mmdit

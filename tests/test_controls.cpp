@@ -71,6 +71,17 @@ void expect_case(const json& c, const fs::path& dir, const fs::path& model_dir, 
   }
 }
 
+// The cases an official implementation made (tests/data/NAME, scripts/reference/), on the goldens' tiny models.
+void expect_official_cases(const std::string& name) {
+  const fs::path dir = test::source_dir() / "tests" / "data" / name;
+  const json cases = read_json(dir / "cases.json");
+  ASSERT_GE(cases.size(), 2u);
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    expect_case(c, dir, golden());
+  }
+}
+
 TEST(Controls, ImagesEqualTheReferenceImplementations) {
   const json cases = read_json(golden() / "cases.json");
   std::set<std::string> seen;
@@ -86,27 +97,11 @@ TEST(Controls, ImagesEqualTheReferenceImplementations) {
 
 // STG against STGuidance's CogVideoXSTGPipeline, run on the tiny CogVideoX of the goldens (the images were made
 // by scripts/reference/stg_official.py with the official code, which cannot be fetched in CI).
-TEST(Controls, StgEqualsTheOfficialPipeline) {
-  const fs::path dir = test::source_dir() / "tests" / "data" / "stg";
-  const json cases = read_json(dir / "cases.json");
-  ASSERT_GE(cases.size(), 2u);
-  for (const auto& c : cases) {
-    SCOPED_TRACE(c["name"].get<std::string>());
-    expect_case(c, dir, golden());
-  }
-}
+TEST(Controls, StgEqualsTheOfficialPipeline) { expect_official_cases("stg"); }
 
 // Regional prompts against InstantX's own RegionalFluxPipeline (its base stream, mask and blend), run on the tiny
 // FLUX of the goldens (scripts/reference/regional_official.py; the official code cannot be fetched in CI).
-TEST(Controls, RegionsEqualTheOfficialPipeline) {
-  const fs::path dir = test::source_dir() / "tests" / "data" / "regional";
-  const json cases = read_json(dir / "cases.json");
-  ASSERT_GE(cases.size(), 2u);
-  for (const auto& c : cases) {
-    SCOPED_TRACE(c["name"].get<std::string>());
-    expect_case(c, dir, golden());
-  }
-}
+TEST(Controls, RegionsEqualTheOfficialPipeline) { expect_official_cases("regional"); }
 
 // The same at the transformer: the official FluxTransformer2DModel with its base stream, at the first step of
 // the first case, against mmdit's transformer with the regions control on the rows [cond, base].
