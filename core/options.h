@@ -63,6 +63,10 @@ void apply_option(GenerateRequest& r, const RequestOption& o, const nlohmann::js
                   const std::filesystem::path& base_dir);
 nlohmann::ordered_json option_schema(const RequestOption& o);
 
+// The text forms of IntList / HeadList / LayerScale (core/option_text.cpp): "" when well formed, else what is
+// expected ("expected layer:head pairs like \"12:3,12:7\"").
+std::string option_text_problem(RequestOption::Type t, const std::string& s);
+
 // Text values of the list types; throw UsageError naming `flag` ("--pag-heads: expected layer:head pairs like
 // 12:3,12:7, got '12'").
 std::vector<int> parse_layer_list(const std::string& s, const std::string& flag);
