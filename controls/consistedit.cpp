@@ -169,8 +169,8 @@ std::unique_ptr<Control> make_consistedit(const GenerateRequest& r, const ModelS
   }
   if (r.edit_method != "consistedit")
     throw UsageError("--edit-method " + r.edit_method + ": the methods are consistedit");
-  if (model.family != "sd3")
-    throw UsageError("--source-prompt: consistent editing is for SD3/SD3.5 images (FLUX: not yet), not " + model.family);
+  if (model.family != "sd3" && model.family != "flux")
+    throw UsageError("--source-prompt: consistent editing is for SD3/SD3.5 and FLUX images, not " + model.family);
   if (r.batch != 1) throw UsageError("--batch: an edit makes one source and one target image");
   if (!r.regions.empty()) throw UsageError("--source-prompt: cannot be combined with --region yet");
   return std::make_unique<ConsistEdit>(r.strength, model.family == "flux", model.double_layers, r.mask_output);

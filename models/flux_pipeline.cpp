@@ -16,6 +16,7 @@
 #include "models/t5_encoder.h"
 #include "models/t5_tokenizer.h"
 #include "models/vae.h"
+#include "controls/consistedit.h"
 #include "controls/control.h"
 #include "controls/regional.h"
 #include "samplers/flow_match.h"
@@ -161,6 +162,7 @@ class FluxPipelineImpl : public Pipeline {
       r.shift = src_.scheduler_config.value("shift", 1.0);
     if (r.dtype.empty()) r.dtype = short_dtype_name(dtype_);
     make_controls(r, shape());  // every control flag checked against this model before anything runs
+    if (!r.source_prompt.empty()) edit_tokens(r);  // the edit words are in the source prompt
   }
 
   ModelShape shape() const {
@@ -168,40 +170,57 @@ class FluxPipelineImpl : public Pipeline {
     return {"flux", int(c.num_layers + c.num_single_layers), int(c.num_layers), int(c.num_attention_heads)};
   }
 
+  // ConsistEdit's token indices on FLUX: T5's, of each edit word's first occurrence in the source prompt.
+  std::vector<int64_t> edit_tokens(const GenerateRequest& r) const {
+    std::vector<int64_t> out;
+    const auto ids = tok_t5_->encode(r.source_prompt, r.max_sequence_length);
+    for (const auto& w : edit_words(r)) {
+      auto t = token_positions(ids, tok_t5_->tokenize(w));
+      if (t.empty()) throw UsageError("--edit-words: '" + w + "' is not in the source prompt");
+      out.insert(out.end(), t.begin(), t.end());
+    }
+    return out;
+  }
+
   std::vector<Image> generate(const GenerateRequest& r, const std::function<void(int, int)>& step) override {
     torch::NoGradGuard no_grad;
     const bool true_cfg = r.cfg > 1.0 && !r.negative_prompt.empty();  // FluxPipeline's do_true_cfg
-    const int64_t n = r.batch;
+    const bool edit = !r.source_prompt.empty();
+    const int64_t n = edit ? 2 : r.batch;  // an edit: [source, target] in every branch
     Encoding pos = encode(r.prompt, r.max_sequence_length);
-    Encoding neg;
+    Encoding neg, src;
     if (true_cfg) neg = encode(r.negative_prompt, r.max_sequence_length);
-    if (device_.is_cuda()) release_encoders();
-    auto rep = [n](const at::Tensor& t) {
+    if (edit) src = encode(r.source_prompt, r.max_sequence_length);
+    auto rep = [](const at::Tensor& t, int64_t k) {
+      if (!t.defined()) return t;
       std::vector<int64_t> reps(size_t(t.dim()), 1);
-      reps[0] = n;
+      reps[0] = k;
       return t.repeat(reps);
     };
-    at::Tensor embeds = rep(pos.embeds), pooled = rep(pos.pooled), neg_embeds, neg_pooled;
-    if (true_cfg) neg_embeds = rep(neg.embeds), neg_pooled = rep(neg.pooled);
+    at::Tensor embeds = edit ? at::cat({src.embeds, pos.embeds}) : rep(pos.embeds, n);
+    at::Tensor pooled = edit ? at::cat({src.pooled, pos.pooled}) : rep(pos.pooled, n);
+    at::Tensor neg_embeds = rep(neg.embeds, n), neg_pooled = rep(neg.pooled, n);
     // Regional prompts: the regions' encodings side by side are the cond text of the first steps
     // (controls/regional.h), with zero text ids as the official pipeline.
     at::Tensor regional_embeds;
     if (!r.regions.empty()) {
       std::vector<at::Tensor> parts;
       for (const auto& p : region_layout(r, INT_MAX).prompts) parts.push_back(encode(p, r.max_sequence_length).embeds);
-      regional_embeds = rep(at::cat(parts, 1));
+      regional_embeds = rep(at::cat(parts, 1), n);
     }
+    if (device_.is_cuda()) release_encoders();
     auto padded = [&](const at::Tensor& t) {  // to the regional text length, zeros after the prompt
       return t.defined() ? at::constant_pad_nd(t, {0, 0, 0, regional_embeds.size(1) - t.size(1)}) : t;
     };
 
-    // prepare_latents: randn [B, C, 2*(H/16), 2*(W/16)] from the CPU generator in the model dtype, packed.
+    // prepare_latents: randn [B, C, 2*(H/16), 2*(W/16)] from the CPU generator in the model dtype, packed. An
+    // edit's source and target share one noise.
     const auto& tc = transformer_->config();
     const int64_t f = vae_->downscale();
     const int64_t lh = 2 * (r.height / (f * 2)), lw = 2 * (r.width / (f * 2));
     auto gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
-    at::Tensor noise = at::randn({n, tc.in_channels / 4, lh, lw}, gen, at::TensorOptions().dtype(dtype_));
-    at::Tensor latents = flux_pack_latents(noise).to(device_);
+    at::Tensor noise = at::randn({edit ? 1 : n, tc.in_channels / 4, lh, lw}, gen, at::TensorOptions().dtype(dtype_));
+    noise = flux_pack_latents(noise).to(device_);
     const auto opts = at::TensorOptions().dtype(dtype_).device(device_);
     at::Tensor img_ids = flux_image_ids(lh / 2, lw / 2, opts);
     at::Tensor txt_ids = flux_text_ids(embeds.size(1), opts);
@@ -214,40 +233,56 @@ class FluxPipelineImpl : public Pipeline {
     if (!sc.use_dynamic_shifting) {
       if (r.shift > 0) sc.shift = r.shift;
     } else {
-      mu = calculate_shift(latents.size(1), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift);
+      mu = calculate_shift(noise.size(1), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift);
     }
     FlowMatchEulerScheduler sched(sc);
     sched.set_sigmas(flux_sigmas(r.steps), mu);
     // Everything per step is on the device before the loop: timestep / 1000 in the latents' dtype, as
     // FluxPipeline passes it, and the guidance scale in float32.
     at::Tensor timesteps = at::tensor(sched.timesteps(), at::kFloat).to(device_).to(dtype_) / 1000;
-    at::Tensor distilled;
-    if (tc.guidance_embeds) distilled = at::full({n}, r.guidance, at::TensorOptions().dtype(at::kFloat).device(device_));
-    // The guidance stage owns the batch: [negative], prompt, one perturbed branch per guidance control.
+    // The guidance stage owns the batch: [negative], prompt, [base], one perturbed branch per guidance control.
     Guidance guidance(GuidanceConfig::from_request(r, true_cfg), make_controls(r, shape()), shape());
     GenerationInfo info;
     info.words = tok_t5_->word_tokens(r.prompt, r.max_sequence_length);  // T5's tokens are FLUX's text sequence
+    if (edit) info.edit_tokens = edit_tokens(r);
     info.grid_h = lh / 2, info.grid_w = lw / 2;
     info.width = r.width, info.height = r.height, info.batch = r.batch;
     guidance.begin(info);
-    for (int i = 0; i < sched.num_steps(); ++i) {
-      at::Tensor v;
-      if (guidance.zero_step(i)) {
-        v = at::zeros_like(latents);
-      } else {
-        const ControlContext ctx = guidance.context(i, sched.num_steps(), sched.timesteps()[size_t(i)], n);
-        at::Tensor x = Guidance::by_branch(ctx, latents, latents);
-        at::Tensor g = distilled.defined() ? Guidance::by_branch(ctx, distilled, distilled) : distilled;
-        const bool regional = ctx.find(Branch::Base) != nullptr;
-        at::Tensor text = regional ? Guidance::by_branch(ctx, regional_embeds, padded(neg_embeds), padded(embeds))
-                                   : Guidance::by_branch(ctx, embeds, neg_embeds);
-        at::Tensor pred = transformer_->forward(x, text, Guidance::by_branch(ctx, pooled, neg_pooled),
-                                                timesteps[i].expand({x.size(0)}), img_ids,
-                                                regional ? flux_text_ids(text.size(1), opts) : txt_ids, g, &ctx);
-        v = guidance.combine(pred, ctx, r.cfg);
+    // One denoising run of `rows` images per branch; pairs: the rows are an edit's [source, target].
+    auto denoise = [&](at::Tensor latents, const at::Tensor& e, const at::Tensor& p, const at::Tensor& ne,
+                       const at::Tensor& np, int64_t rows, bool pairs, bool report) {
+      at::Tensor distilled;
+      if (tc.guidance_embeds) distilled = at::full({rows}, r.guidance, at::TensorOptions().dtype(at::kFloat).device(device_));
+      for (int i = 0; i < sched.num_steps(); ++i) {
+        at::Tensor v;
+        if (guidance.zero_step(i)) {
+          v = at::zeros_like(latents);
+        } else {
+          ControlContext ctx = guidance.context(i, sched.num_steps(), sched.timesteps()[size_t(i)], rows);
+          ctx.pairs = pairs;
+          at::Tensor x = Guidance::by_branch(ctx, latents, latents);
+          at::Tensor g = distilled.defined() ? Guidance::by_branch(ctx, distilled, distilled) : distilled;
+          const bool regional = ctx.find(Branch::Base) != nullptr;
+          at::Tensor text = regional ? Guidance::by_branch(ctx, regional_embeds, padded(ne), padded(e))
+                                     : Guidance::by_branch(ctx, e, ne);
+          at::Tensor pred = transformer_->forward(x, text, Guidance::by_branch(ctx, p, np),
+                                                  timesteps[i].expand({x.size(0)}), img_ids,
+                                                  regional ? flux_text_ids(text.size(1), opts) : txt_ids, g, &ctx);
+          v = guidance.combine(pred, ctx, r.cfg);
+        }
+        latents = sched.step(v, latents, i);
+        if (step && report) step(i + 1, r.steps);
       }
-      latents = sched.step(v, latents, i);
-      if (step) step(i + 1, r.steps);
+      return latents;
+    };
+    at::Tensor latents;
+    if (edit) {
+      // ConsistEdit: the source alone first (its attention gives the edit mask), then source and target together.
+      auto first = [](const at::Tensor& t) { return t.defined() ? t.narrow(0, 0, 1) : t; };
+      denoise(noise, src.embeds, src.pooled, first(neg_embeds), first(neg_pooled), 1, false, false);
+      latents = denoise(noise.repeat({2, 1, 1}), embeds, pooled, neg_embeds, neg_pooled, 2, true, true);
+    } else {
+      latents = denoise(noise, embeds, pooled, neg_embeds, neg_pooled, n, false, true);
     }
     auto images = to_images(vae_->decode_latents(flux_unpack_latents(latents, lh, lw)));
     guidance.end(images);
