@@ -142,6 +142,40 @@ TEST(Controls, RegionsEqualTheOfficialTransformer) {
   EXPECT_GT(test::rel_err(plain, g["out"]), 0.01);  // measured 0.032, against the 1e-4 tolerance
 }
 
+// SD3 with CFG: the rows that hold one prompt padded to the regions' text length (uncond, base) give what the
+// unpadded prompt gives; the padding is masked out of every attention.
+TEST(Controls, RegionalPaddingIsMaskedOut) {
+  torch::NoGradGuard ng;
+  auto sd3 = SD3Transformer::load(golden() / "tiny-sd3" / "transformer", at::kCPU, at::kFloat);
+  const auto& c = sd3->config();
+  const ModelShape shape{"sd3", int(c.num_layers), 0, int(c.num_attention_heads)};
+  GenerateRequest r;
+  r.width = r.height = 128;
+  r.max_sequence_length = 20;  // 77 + 20 = 97 text tokens a prompt
+  r.prompt = "a red star";
+  r.regions = {{0, 0, 64, 128, "", "a blue cross"}, {64, 0, 128, 128, "", "a green moon"}};
+  auto controls = make_controls(r, shape);
+  GenerationInfo info;
+  info.grid_h = info.grid_w = 8;
+  controls[0]->begin(info);
+  ControlContext ctx;
+  ctx.model = shape;
+  ctx.rows = {{Branch::Uncond, 0, 0.0, 0, 1}, {Branch::Cond, 0, 0.0, 1, 2}, {Branch::Base, 0, 0.0, 2, 3}};
+  ctx.controls = {controls[0].get()};
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  at::Tensor x = at::randn({1, 16, 16, 16}, gen), neg = at::randn({1, 97, c.joint_attention_dim}, gen);
+  at::Tensor regional = at::randn({1, 194, c.joint_attention_dim}, gen), pooled = at::randn({1, c.pooled_projection_dim}, gen);
+  at::Tensor t = at::tensor({500.0f});
+  auto pad = [](const at::Tensor& e) { return at::constant_pad_nd(e, {0, 0, 0, 97}); };
+  at::Tensor y = sd3->forward(at::cat({x, x, x}), at::cat({pad(neg), regional, pad(neg)}), at::cat({pooled, pooled, pooled}),
+                              at::cat({t, t, t}), &ctx);
+  at::Tensor plain = sd3->forward(x, neg, pooled, t);
+  const double e = test::rel_err(y.narrow(0, 0, 1), plain);
+  std::printf("[controls] padded uncond row rel err %.3g\n", e);
+  EXPECT_LE(e, 1e-5);
+  EXPECT_GT(test::rel_err(y.narrow(0, 1, 1), plain), 1e-2);  // the regional row is another prediction
+}
+
 // One region over the whole image with the base prompt is plain attention: the image of the run without regions
 // (SD3 with CFG, FLUX without), within a level. And the job key "regions" gives the --region image.
 TEST(Controls, OneRegionOverTheWholeImageIsThePlainRun) {
