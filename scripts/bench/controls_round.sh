@@ -12,7 +12,9 @@
 # Results: $OUT/results.jsonl (one JSON line per case or timing) and $OUT/log.txt.
 #   4. the GPU checks of the LSE-returning kernels (tests/gpu_checks.cpp) and regional prompts' cost (FLUX.1-dev and
 #      SD3.5-large 1024², two regions, every step regional, against plain steps).
-#   scripts/bench/controls_round.sh [check] [sd35l] [flux] [gpucheck] [regions]   (default: the first three)
+#   5. an edit's cost (mmdit edit: the source pass that derives the mask, then source and target together) against
+#      a plain generation and a plain batch of two.
+#   scripts/bench/controls_round.sh [check] [sd35l] [flux] [gpucheck] [regions] [edit]   (default: the first three)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
@@ -54,6 +56,13 @@ for w in $WHAT; do case $w in
       --steps 10 --warmup-steps 3 --cfg 7 \
       --variant "--region '0,0,512,1024:a red sports car' --region '512,0,1024,1024:a blue sports car' --region-steps 10" \
       | tee -a "$R" ;;
+  edit)
+    for m in sd3.5-large flux-dev; do
+      $M bench --model $L/$m --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
+        --steps 10 --warmup-steps 3 $( [ $m = sd3.5-large ] && echo --cfg 7 ) \
+        --variant '--batch 2' \
+        --variant "--source-prompt 'a photo of a cat riding a horse on mars' --edit-words cat" | tee -a "$R"
+    done ;;
   flux)
     $M bench --model $L/flux-dev --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
       --steps 10 --warmup-steps 3 \
