@@ -96,7 +96,8 @@ void run_bench(BenchOptions& o) {
     f->req = r;
     CLI::App parser("variant");
     add_request_flags(&parser, f, [](const RequestOption& opt) {
-      return opt.group == "Guidance" || opt.group == "Controls" || opt.group == "Editing" || opt.key == "batch";
+      return opt.group == "Guidance" || opt.group == "Controls" || opt.group == "Editing" || opt.key == "batch" ||
+             opt.key == "no_fused";
     });
     try {
       parser.parse(v, false);

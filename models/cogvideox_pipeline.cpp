@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "core/errors.h"
+#include "models/fused_ops.h"
 #include "core/torch_util.h"
 #include "controls/control.h"
 #include "models/cogvideox_transformer.h"
@@ -107,6 +108,7 @@ ModelShape CogVideoXPipeline::shape() const {
 
 std::vector<Video> CogVideoXPipeline::generate_video(const GenerateRequest& r, const std::function<void(int, int)>& step) {
   torch::NoGradGuard no_grad;
+  fused::set_mode(r.no_fused ? fused::Mode::Off : fused::Mode::Auto);
   const auto& tc = transformer_->config();
   const bool cfg = r.cfg > 1.0;
   at::Tensor embeds = encode(r.prompt, r.max_sequence_length), neg_embeds;

@@ -13,6 +13,7 @@
 #include "core/model_folder.h"
 #include "core/weights.h"
 #include "models/cogvideox_layers.h"
+#include "models/fused_ops.h"
 
 namespace mmdit {
 namespace {
@@ -115,11 +116,49 @@ struct CogAttention : torch::nn::Module {
     o = to_out(o.transpose(1, 2).reshape({batch, -1, heads * head_dim}).to(q.scalar_type()));
     return {o.narrow(1, T, o.size(1) - T), o.narrow(1, 0, T)};
   }
+  // The fast path (models/fused_ops.h) on the joint [text, video] sequence h: one QKV GEMM, the per-head
+  // LayerNorm and the video tokens' RoPE written straight into the Q/K/V buffers. Returns to_out's output
+  // for all of h.
+  at::Tensor forward_fused(const at::Tensor& h, int64_t T, const std::optional<std::pair<at::Tensor, at::Tensor>>& rope,
+                           AttentionDesc desc) {
+    if (!qkv_w.defined()) {
+      qkv_w = fused::fuse_rows({&to_q->weight, &to_k->weight, &to_v->weight});
+      qkv_b = fused::fuse_rows({&to_q->bias, &to_k->bias, &to_v->bias});
+    }
+    const int64_t batch = h.size(0), L = h.size(1);
+    at::Tensor qkv = at::linear(h, qkv_w, nn::opt(qkv_b));
+    fused::QkNormSpec spec;
+    spec.kind = kernels::QkNorm::Layer;
+    spec.q_w = norm_q->weight, spec.q_b = norm_q->bias, spec.k_w = norm_k->weight, spec.k_b = norm_k->bias;
+    spec.eps = norm_q->eps;
+    fused::Qkv buf = fused::qkv_buffers(batch, L, heads, head_dim, h.options());
+    const at::Tensor cos = rope ? rope->first : at::Tensor(), sin = rope ? rope->second : at::Tensor();
+    fused::qkv_prepare(qkv.narrow(1, 0, T), spec, cos, sin, T, buf, 0);
+    fused::qkv_prepare(qkv.narrow(1, T, L - T), spec, cos, sin, T, buf, T);
+    desc.heads = heads;
+    desc.text = {0, T};
+    desc.image = {T, L};
+    at::Tensor o = attention(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc);
+    return to_out(o.transpose(1, 2).reshape({batch, L, heads * head_dim}));
+  }
+
   int64_t heads, head_dim;
   nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out{nullptr};
   nn::AffineLayerNorm norm_q{nullptr}, norm_k{nullptr};
   torch::nn::ModuleList to_out_list{nullptr};
+  at::Tensor qkv_w, qkv_b;  // the fast path's fused projection (views of the parameters)
 };
+
+// [ctx, x] along the tokens: a view when they already are the two parts of one joint tensor (the fast
+// path's blocks return them so), else a copy.
+at::Tensor joint_of(const at::Tensor& ctx, const at::Tensor& x) {
+  const int64_t B = x.size(0), T = ctx.size(1), L = T + x.size(1), C = x.size(2);
+  const bool parts = ctx.dim() == 3 && ctx.size(0) == B && ctx.size(2) == C && ctx.scalar_type() == x.scalar_type() &&
+                     ctx.storage().is_alias_of(x.storage()) && ctx.stride(0) == L * C && ctx.stride(1) == C &&
+                     ctx.stride(2) == 1 && x.strides() == ctx.strides() &&
+                     x.storage_offset() == ctx.storage_offset() + T * C;
+  return parts ? ctx.as_strided({B, L, C}, {L * C, C, 1}, ctx.storage_offset()) : at::cat({ctx, x}, 1);
+}
 
 }  // namespace
 
@@ -220,6 +259,26 @@ struct CogVideoXBlock : torch::nn::Module {
     ctx = ctx + gc2 * f.narrow(1, 0, T);
     return {x, ctx};
   }
+  // The same block on the fast path (models/fused_ops.h): one joint sequence throughout, each norm +
+  // modulation (and the residual before it) in one pass, GELU in the GEMM. Returns views of one tensor.
+  std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, const at::Tensor& temb,
+                                                  const std::optional<std::pair<at::Tensor, at::Tensor>>& rope,
+                                                  const AttentionDesc& desc) {
+    const int64_t T = ctx.size(1), N = x.size(1);
+    at::Tensor h = joint_of(ctx, x);
+    auto m1 = norm1->linear(at::silu(temb)).chunk(6, 1);  // video shift, scale, gate; text shift, scale, gate
+    auto m2 = norm2->linear(at::silu(temb)).chunk(6, 1);
+    const auto& ln1 = norm1->norm;
+    const auto& ln2 = norm2->norm;
+    at::Tensor nh = fused::ln_modulate(h, {}, {m1[0], m1[1], {}, m1[3], m1[4], {}, T}, ln1->eps, ln1->weight, ln1->bias).second;
+    at::Tensor a = attn1->forward_fused(nh, T, rope, desc);
+    auto [h1, nh2] = fused::ln_modulate(h, a, {m2[0], m2[1], m1[2], m2[3], m2[4], m1[5], T}, ln2->eps, ln2->weight, ln2->bias);
+    at::Tensor f = ff->out(fused::linear_gelu(nh2, ff->gelu->proj->weight, ff->gelu->proj->bias));
+    h1.narrow(1, 0, T).addcmul_(m2[5].unsqueeze(1), f.narrow(1, 0, T));
+    h1.narrow(1, T, N).addcmul_(m2[2].unsqueeze(1), f.narrow(1, T, N));
+    return {h1.narrow(1, T, N), h1.narrow(1, 0, T)};
+  }
+
   std::shared_ptr<LayerNormZero> norm1, norm2;
   std::shared_ptr<CogAttention> attn1;
   std::shared_ptr<FeedForward> ff;
@@ -375,13 +434,15 @@ at::Tensor CogVideoXTransformer::forward(const at::Tensor& hidden_states, const 
   AttentionDesc desc;
   desc.model = "cogvideox";
   desc.controls = controls;
+  const bool fast = fused::active(h);
   for (int64_t i = 0; i < c.num_layers; ++i) {
     // The block-level hook: skip the block (for some rows), scale the text stream entering it.
     const BlockPlan plan = block_plan(controls, int(i));
     if (plan.skip) continue;
     if (plan.text_scale != 1.0) ctx = ctx * plan.text_scale;
     desc.layer = int(i);
-    auto [x_out, ctx_out] = blocks_[size_t(i)]->forward(x, ctx, emb, r, desc);
+    auto [x_out, ctx_out] = fast ? blocks_[size_t(i)]->forward_fused(x, ctx, emb, r, desc)
+                                 : blocks_[size_t(i)]->forward(x, ctx, emb, r, desc);
     x = keep_input_rows(x_out, x, plan);
     ctx = keep_input_rows(ctx_out, ctx, plan);
   }

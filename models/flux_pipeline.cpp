@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "core/errors.h"
+#include "models/fused_ops.h"
 #include "core/log.h"
 #include "core/torch_util.h"
 #include "core/weights.h"
@@ -183,6 +184,7 @@ class FluxPipelineImpl : public Pipeline {
   }
 
   std::vector<Image> generate(const GenerateRequest& r, const std::function<void(int, int)>& step) override {
+  fused::set_mode(r.no_fused ? fused::Mode::Off : fused::Mode::Auto);
     torch::NoGradGuard no_grad;
     const bool true_cfg = r.cfg > 1.0 && !r.negative_prompt.empty();  // FluxPipeline's do_true_cfg
     const bool edit = !r.source_prompt.empty();

@@ -13,6 +13,7 @@
 #include "core/torch_util.h"
 #include "core/model_folder.h"
 #include "core/weights.h"
+#include "models/fused_ops.h"
 #include "models/layers.h"
 
 namespace mmdit {
@@ -97,12 +98,51 @@ struct FluxAttention : torch::nn::Module {
     return {img, txt};
   }
 
+  // The fast path (models/fused_ops.h): one QKV GEMM per stream; QK norm and RoPE written straight into the
+  // joint [text, image] buffers. Double blocks: {image output, text output}; single blocks: {attention
+  // output [B, N, inner] before any projection, {}}.
+  std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, const at::Tensor& cos,
+                                                  const at::Tensor& sin, AttentionDesc desc) {
+    if (!qkv_w.defined()) {
+      qkv_w = fused::fuse_rows({&to_q->weight, &to_k->weight, &to_v->weight});
+      qkv_b = fused::fuse_rows({&to_q->bias, &to_k->bias, &to_v->bias});
+      if (!add_q_proj.is_empty()) {
+        add_qkv_w = fused::fuse_rows({&add_q_proj->weight, &add_k_proj->weight, &add_v_proj->weight});
+        add_qkv_b = fused::fuse_rows({&add_q_proj->bias, &add_k_proj->bias, &add_v_proj->bias});
+      }
+    }
+    const int64_t batch = x.size(0), n_txt = ctx.defined() ? ctx.size(1) : 0, n = x.size(1) + n_txt;
+    fused::Qkv buf = fused::qkv_buffers(batch, n, heads, head_dim, x.options());
+    if (ctx.defined())
+      fused::qkv_prepare(at::linear(ctx, add_qkv_w, nn::opt(add_qkv_b)), norm_spec(norm_added_q, norm_added_k), cos, sin,
+                         0, buf, 0);
+    fused::qkv_prepare(at::linear(x, qkv_w, nn::opt(qkv_b)), norm_spec(norm_q, norm_k), cos, sin, 0, buf, n_txt);
+    desc.heads = heads;
+    at::Tensor o = attention(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc);
+    o = o.transpose(1, 2).reshape({batch, n, heads * head_dim});
+    if (!ctx.defined()) return {o, at::Tensor()};
+    return {to_out(o.narrow(1, n_txt, n - n_txt)), to_add_out(o.narrow(1, 0, n_txt))};
+  }
+
+  static fused::QkNormSpec norm_spec(const std::shared_ptr<TorchRMSNorm>& nq, const std::shared_ptr<TorchRMSNorm>& nk) {
+    fused::QkNormSpec s;
+    s.kind = kernels::QkNorm::Rms;  // torch.nn.RMSNorm: the weight applies in float32
+    s.q_w = nq->weight;
+    s.k_w = nk->weight;
+    return s;
+  }
+
   int64_t heads, head_dim;
   nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, add_q_proj{nullptr}, add_k_proj{nullptr},
       add_v_proj{nullptr}, to_add_out{nullptr}, to_out{nullptr};
   std::shared_ptr<TorchRMSNorm> norm_q, norm_k, norm_added_q, norm_added_k;
   torch::nn::ModuleList to_out_list{nullptr};
+  at::Tensor qkv_w, qkv_b, add_qkv_w, add_qkv_b;  // the fast path's fused projections (views of the parameters)
 };
+
+at::Tensor ff_fused(FeedForward& ff, const at::Tensor& x) {
+  return ff.out(fused::linear_gelu(x, ff.gelu->proj->weight, ff.gelu->proj->bias));
+}
 
 at::Tensor clip_fp16(const at::Tensor& x) {
   return x.scalar_type() == at::kHalf ? x.clamp(-65504, 65504) : x;
@@ -131,6 +171,10 @@ struct FluxAdaNormContinuous : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cond) {
     auto ss = linear(at::silu(cond).to(x.scalar_type())).chunk(2, 1);
     return nn::layer_norm(x, 1e-6) * (1 + ss[0]).unsqueeze(1) + ss[1].unsqueeze(1);
+  }
+  at::Tensor forward_fused(const at::Tensor& x, const at::Tensor& cond) {
+    auto ss = linear(at::silu(cond).to(x.scalar_type())).chunk(2, 1);
+    return fused::ln_modulate(x, {}, {ss[1], ss[0]}, 1e-6).second;
   }
   nn::Linear linear{nullptr};
 };
@@ -161,6 +205,21 @@ struct FluxDoubleBlock : torch::nn::Module {
     return {clip_fp16(ctx), x};
   }
 
+  // The same block on the fast path (models/fused_ops.h).
+  std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, const at::Tensor& temb,
+                                                  const at::Tensor& cos, const at::Tensor& sin, const AttentionDesc& desc) {
+    auto m = norm1->forward(temb);
+    auto c = norm1_context->forward(temb);
+    const double eps = 1e-6;
+    at::Tensor norm_x = fused::ln_modulate(x, {}, {m[0], m[1]}, eps).second;
+    at::Tensor norm_ctx = fused::ln_modulate(ctx, {}, {c[0], c[1]}, eps).second;
+    auto [attn_out, ctx_attn_out] = attn->forward_fused(norm_x, norm_ctx, cos, sin, desc);
+    auto [x1, norm_ff] = fused::ln_modulate(x, attn_out, {m[3], m[4], m[2]}, eps);
+    auto [ctx1, norm_cff] = fused::ln_modulate(ctx, ctx_attn_out, {c[3], c[4], c[2]}, eps);
+    return {clip_fp16(fused::residual(ctx1, c[5], ff_fused(*ff_context, norm_cff))),
+            fused::residual(x1, m[5], ff_fused(*ff, norm_ff))};
+  }
+
   std::shared_ptr<AdaNormZero> norm1, norm1_context;
   std::shared_ptr<FluxAttention> attn;
   std::shared_ptr<FeedForward> ff, ff_context;
@@ -184,6 +243,16 @@ struct FluxSingleBlock : torch::nn::Module {
     at::Tensor mlp = at::gelu(proj_mlp(nx), "tanh");
     at::Tensor a = attn->forward(nx, at::Tensor(), cos, sin, desc).first;
     return clip_fp16(x + m[2].unsqueeze(1) * proj_out(at::cat({a, mlp}, 2)));
+  }
+
+  // The fast path: the MLP's GELU in its GEMM, and proj_out of [attention | MLP] as two GEMMs into one output.
+  at::Tensor forward_fused(const at::Tensor& x, const at::Tensor& temb, const at::Tensor& cos, const at::Tensor& sin,
+                           const AttentionDesc& desc) {
+    auto m = norm->forward(temb);  // shift, scale, gate
+    at::Tensor nx = fused::ln_modulate(x, {}, {m[0], m[1]}, 1e-6).second;
+    at::Tensor mlp = fused::linear_gelu(nx, proj_mlp->weight, proj_mlp->bias);
+    at::Tensor a = attn->forward_fused(nx, at::Tensor(), cos, sin, desc).first;
+    return clip_fp16(fused::residual(x, m[2], fused::linear_of_concat(a, mlp, proj_out->weight, proj_out->bias)));
   }
 
   std::shared_ptr<AdaNormZero> norm;
@@ -292,13 +361,15 @@ at::Tensor FluxTransformer::forward(const at::Tensor& hidden_states, const at::T
   desc.controls = controls;
   desc.text = {0, n_txt};
   desc.image = {n_txt, n_txt + n_img};
+  const bool fast = fused::active(x);
   // The block-level hook at every block (double blocks are layers 0.., single blocks continue the count).
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const BlockPlan plan = block_plan(controls, int(i));
     if (plan.skip) continue;
     if (plan.text_scale != 1.0) ctx = ctx * plan.text_scale;
     desc.layer = int(i);
-    auto [ctx_out, x_out] = blocks_[i]->forward(x, ctx, temb, cos, sin, desc);
+    auto [ctx_out, x_out] = fast ? blocks_[i]->forward_fused(x, ctx, temb, cos, sin, desc)
+                                 : blocks_[i]->forward(x, ctx, temb, cos, sin, desc);
     x = keep_input_rows(x_out, x, plan);
     ctx = keep_input_rows(ctx_out, ctx, plan);
   }
@@ -309,10 +380,12 @@ at::Tensor FluxTransformer::forward(const at::Tensor& hidden_states, const at::T
     if (plan.text_scale != 1.0)
       joint = at::cat({joint.narrow(1, 0, n_txt) * plan.text_scale, joint.narrow(1, n_txt, n_img)}, 1);
     desc.layer = int(c.num_layers + i);
-    joint = keep_input_rows(single_blocks_[i]->forward(joint, temb, cos, sin, desc), joint, plan);
+    at::Tensor out = fast ? single_blocks_[i]->forward_fused(joint, temb, cos, sin, desc)
+                          : single_blocks_[i]->forward(joint, temb, cos, sin, desc);
+    joint = keep_input_rows(out, joint, plan);
   }
   x = joint.narrow(1, n_txt, n_img);
-  x = norm_out_->forward(x, temb);
+  x = fast ? norm_out_->forward_fused(x.contiguous(), temb) : norm_out_->forward(x, temb);
   return std::static_pointer_cast<nn::LinearImpl>(proj_out_)->forward(x);
 }
 

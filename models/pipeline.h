@@ -17,6 +17,7 @@ struct GenerateRequest {
   std::string vae;  // a separate VAE (file or folder), e.g. FLUX's ae.safetensors
   std::string device = "cpu";
   std::string dtype;  // empty: f32 on cpu, bf16 on cuda
+  bool no_fused = false;  // the plain path instead of the fused kernels (models/fused_ops.h)
   // What to make. 0 / negative values mean "the pipeline's default".
   std::string prompt, negative_prompt, output;
   int width = 0, height = 0, steps = 0, batch = 1, max_sequence_length = 0;

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "core/errors.h"
+#include "models/fused_ops.h"
 #include "core/log.h"
 #include "core/torch_util.h"
 #include "core/weights.h"
@@ -255,6 +256,7 @@ std::vector<int64_t> Sd3Pipeline::edit_tokens(const GenerateRequest& r) const {
 
 std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::function<void(int, int)>& step) {
   torch::NoGradGuard no_grad;
+  fused::set_mode(r.no_fused ? fused::Mode::Off : fused::Mode::Auto);
   const bool cfg = r.cfg > 1.0;  // diffusers: do_classifier_free_guidance = guidance_scale > 1
   const bool edit = !r.source_prompt.empty();
   const int64_t n = edit ? 2 : r.batch;  // an edit: [source, target] in every branch

@@ -13,6 +13,7 @@
 #include "core/torch_util.h"
 #include "core/model_folder.h"
 #include "core/weights.h"
+#include "models/fused_ops.h"
 #include "models/layers.h"
 
 namespace mmdit {
@@ -83,12 +84,55 @@ struct SD3Attention : torch::nn::Module {
     return {to_out(img), txt};
   }
 
+  // The fast path (models/fused_ops.h): one QKV GEMM per stream, QK norm written straight into the joint
+  // [image, text] buffers, the same attention call.
+  std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, AttentionDesc desc) {
+    if (!qkv_w.defined()) {
+      qkv_w = fused::fuse_rows({&to_q->weight, &to_k->weight, &to_v->weight});
+      qkv_b = fused::fuse_rows({&to_q->bias, &to_k->bias, &to_v->bias});
+      if (!add_q_proj.is_empty()) {
+        add_qkv_w = fused::fuse_rows({&add_q_proj->weight, &add_k_proj->weight, &add_v_proj->weight});
+        add_qkv_b = fused::fuse_rows({&add_q_proj->bias, &add_k_proj->bias, &add_v_proj->bias});
+      }
+    }
+    const int64_t batch = x.size(0), n_img = x.size(1), n_txt = ctx.defined() ? ctx.size(1) : 0;
+    fused::Qkv buf = fused::qkv_buffers(batch, n_img + n_txt, heads, head_dim, x.options());
+    fused::qkv_prepare(at::linear(x, qkv_w, nn::opt(qkv_b)), norm_spec(norm_q, norm_k), {}, {}, 0, buf, 0);
+    if (ctx.defined())
+      fused::qkv_prepare(at::linear(ctx, add_qkv_w, nn::opt(add_qkv_b)), norm_spec(norm_added_q, norm_added_k), {}, {},
+                         0, buf, n_img);
+    desc.heads = heads;
+    desc.image = {0, n_img};
+    desc.text = {n_img, n_img + n_txt};
+    at::Tensor o = attention(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc);
+    o = o.transpose(1, 2).reshape({batch, -1, heads * head_dim});
+    at::Tensor txt;
+    if (ctx.defined() && !to_add_out.is_empty()) txt = to_add_out(o.narrow(1, n_img, n_txt));
+    return {to_out(o.narrow(1, 0, n_img)), txt};
+  }
+
+  static fused::QkNormSpec norm_spec(const nn::RMSNorm& nq, const nn::RMSNorm& nk) {
+    fused::QkNormSpec s;
+    if (nq.is_empty()) return s;
+    s.kind = kernels::QkNorm::Rms;
+    s.rms_round = true;  // diffusers' RMSNorm
+    s.q_w = nq->weight;
+    s.k_w = nk->weight;
+    s.eps = nq->eps;
+    return s;
+  }
+
   int64_t heads, head_dim;
   nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, add_q_proj{nullptr}, add_k_proj{nullptr},
       add_v_proj{nullptr}, to_add_out{nullptr}, to_out{nullptr};
   nn::RMSNorm norm_q{nullptr}, norm_k{nullptr}, norm_added_q{nullptr}, norm_added_k{nullptr};
   torch::nn::ModuleList to_out_list{nullptr};
+  at::Tensor qkv_w, qkv_b, add_qkv_w, add_qkv_b;  // the fast path's fused projections (views of the parameters)
 };
+
+at::Tensor ff_fused(FeedForward& ff, const at::Tensor& x) {
+  return ff.out(fused::linear_gelu(x, ff.gelu->proj->weight, ff.gelu->proj->bias));
+}
 
 }  // namespace
 
@@ -132,6 +176,11 @@ struct SD3AdaNormContinuous : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cond) {
     auto ss = linear(at::silu(cond).to(x.scalar_type())).chunk(2, 1);
     return nn::layer_norm(x, 1e-6) * (1 + ss[0]).unsqueeze(1) + ss[1].unsqueeze(1);
+  }
+  // Fast path: one pass over x.
+  at::Tensor forward_fused(const at::Tensor& x, const at::Tensor& cond) {
+    auto ss = linear(at::silu(cond).to(x.scalar_type())).chunk(2, 1);
+    return fused::ln_modulate(x, {}, {ss[1], ss[0]}, 1e-6).second;
   }
   nn::Linear linear{nullptr};
 };
@@ -182,6 +231,39 @@ struct SD3JointBlock : torch::nn::Module {
     ctx = ctx + c[2].unsqueeze(1) * ctx_attn_out;
     ctx = ctx + c[5].unsqueeze(1) * ff_context->forward(modulate(nn::layer_norm(ctx, 1e-6), c[3], c[4]));
     return {ctx, x};
+  }
+
+  // The same block on the fast path (models/fused_ops.h): norm + modulation in one pass, the residual
+  // fused into the next norm, GELU in the GEMM.
+  std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, const at::Tensor& temb,
+                                                  const AttentionDesc& desc) {
+    auto m = norm1->forward(temb);  // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp[, shift2, scale2, gate2]
+    const double eps = 1e-6;
+    at::Tensor norm_x = fused::ln_modulate(x, {}, {m[0], m[1]}, eps).second;
+    std::vector<at::Tensor> c;
+    at::Tensor norm_ctx;
+    if (context_pre_only) {
+      norm_ctx = norm1_context_cont->forward_fused(ctx, temb);
+    } else {
+      c = norm1_context->forward(temb);
+      norm_ctx = fused::ln_modulate(ctx, {}, {c[0], c[1]}, eps).second;
+    }
+    auto [attn_out, ctx_attn_out] = attn->forward_fused(norm_x, norm_ctx, desc);
+    at::Tensor x1, norm_ff;
+    if (dual) {
+      at::Tensor norm_x2 = fused::ln_modulate(x, {}, {m[6], m[7]}, eps).second;
+      AttentionDesc desc2 = desc;
+      desc2.sub = 1;
+      at::Tensor xa = fused::residual(x, m[2], attn_out);
+      std::tie(x1, norm_ff) = fused::ln_modulate(xa, attn2->forward_fused(norm_x2, at::Tensor(), desc2).first,
+                                                 {m[3], m[4], m[8]}, eps);
+    } else {
+      std::tie(x1, norm_ff) = fused::ln_modulate(x, attn_out, {m[3], m[4], m[2]}, eps);
+    }
+    at::Tensor x_out = fused::residual(x1, m[5], ff_fused(*ff, norm_ff));
+    if (context_pre_only) return {at::Tensor(), x_out};
+    auto [ctx1, norm_cff] = fused::ln_modulate(ctx, ctx_attn_out, {c[3], c[4], c[2]}, eps);
+    return {fused::residual(ctx1, c[5], ff_fused(*ff_context, norm_cff)), x_out};
   }
 
   bool context_pre_only, dual;
@@ -260,17 +342,18 @@ at::Tensor SD3Transformer::forward(const at::Tensor& hidden_states, const at::Te
   AttentionDesc desc;
   desc.model = "sd3";
   desc.controls = controls;
+  const bool fast = fused::active(x);
   for (int64_t i = 0; i < c.num_layers; ++i) {
     // The block-level hook: skip the block (for some rows), scale the text stream entering it.
     const BlockPlan plan = block_plan(controls, int(i));
     if (plan.skip) continue;
     if (plan.text_scale != 1.0) ctx = ctx * plan.text_scale;
     desc.layer = int(i);
-    auto [ctx_out, x_out] = blocks_[i]->forward(x, ctx, temb, desc);
+    auto [ctx_out, x_out] = fast ? blocks_[i]->forward_fused(x, ctx, temb, desc) : blocks_[i]->forward(x, ctx, temb, desc);
     x = keep_input_rows(x_out, x, plan);
     ctx = keep_input_rows(ctx_out, ctx, plan);
   }
-  x = norm_out_->forward(x, temb);
+  x = fast ? norm_out_->forward_fused(x.contiguous(), temb) : norm_out_->forward(x, temb);
   x = std::static_pointer_cast<nn::LinearImpl>(proj_out_)->forward(x);
   const int64_t h = H / p, w = W / p;
   x = x.reshape({batch, h, w, p, p, c.out_channels}).permute({0, 5, 1, 3, 2, 4});  // nhwpqc -> nchpwq

@@ -1,7 +1,10 @@
 // GPU checks (CTest label `gpu`; skipped, exit 77, without a CUDA device): the attention kernel that returns the
 // log-sum-exp (core/attention.h attention_with_lse, which the attention maps and every LSE-based control use) on the
 // CUDA backends PyTorch picks for bf16, f16 and f32, against float64 references: the output must be the plain
-// kernel's, bit for bit, and the LSE the exact log-sum-exp. Prints one line per case.
+// kernel's, bit for bit, and the LSE the exact log-sum-exp. Then the fused kernels of the blocks' fast path
+// (kernels/fused.cu through models/fused_ops.h) against their ATen references on the same device: norm +
+// modulation (with the residual, the affine LayerNorm, CogVideoX's two modulation sets) and the Q/K/V
+// preparation (each QK norm, RoPE on all or part of the tokens, the joint buffers' offsets). Prints one line per case.
 #include <cmath>
 #include <cstdio>
 
@@ -9,6 +12,97 @@
 #include <torch/torch.h>
 
 #include "core/attention.h"
+#include "models/fused_ops.h"
+
+namespace {
+
+using mmdit::fused::Mode;
+using mmdit::fused::ModeGuard;
+
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor x = a.to(at::kDouble), y = b.to(at::kDouble);
+  return ((x - y).norm() / y.norm().clamp_min(1e-30)).item<double>();
+}
+
+// bf16/f16: the kernels round once where the reference rounds after each op.
+double tolerance(at::ScalarType t) { return t == at::kFloat ? 2e-6 : t == at::kHalf ? 2e-3 : 1e-2; }
+
+int check_ln_modulate(at::Generator& gen) {
+  int failures = 0;
+  for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat})
+    for (int64_t C : {192, 2432, 3072})
+      for (int variant = 0; variant < 4; ++variant) {  // plain, residual, affine + two sets, residual + affine + two sets
+        auto opts = at::TensorOptions().dtype(dtype).device(at::kCUDA);
+        const int64_t B = 2, N = 333;
+        at::Tensor x = at::randn({B, N, C}, gen).to(opts), y = at::randn({B, N, C}, gen).to(opts);
+        at::Tensor mods = (at::randn({B, 6 * C}, gen) * 0.5).to(opts);
+        auto ch = mods.chunk(6, 1);
+        mmdit::fused::Modulation m{ch[0], ch[1], ch[2]};
+        at::Tensor w, b;
+        if (variant >= 2) {
+          m.text_shift = ch[3], m.text_scale = ch[4], m.text_gate = ch[5], m.split = 17;
+          w = (1 + 0.1 * at::randn({C}, gen)).to(opts), b = (0.1 * at::randn({C}, gen)).to(opts);
+        }
+        const at::Tensor yy = variant % 2 ? y : at::Tensor();
+        auto [xk, ok_] = mmdit::fused::ln_modulate(x, yy, m, 1e-6, w, b);
+        at::Tensor xr, outr;
+        {
+          ModeGuard g(Mode::Reference);
+          std::tie(xr, outr) = mmdit::fused::ln_modulate(x, yy, m, 1e-6, w, b);
+        }
+        const double ex = rel_err(xk, xr), eo = rel_err(ok_, outr);
+        const bool ok = ex <= tolerance(dtype) && eo <= tolerance(dtype);
+        failures += !ok;
+        std::printf("{\"check\": \"fused ln_modulate\", \"dtype\": \"%s\", \"cols\": %lld, \"variant\": %d, "
+                    "\"residual_rel_err\": %.3g, \"out_rel_err\": %.3g, \"ok\": %s}\n",
+                    c10::toString(dtype), (long long)C, variant, ex, eo, ok ? "true" : "false");
+      }
+  return failures;
+}
+
+int check_qkv_prepare(at::Generator& gen) {
+  using mmdit::kernels::QkNorm;
+  int failures = 0;
+  for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat})
+    for (int64_t D : {64, 128})
+      for (QkNorm kind : {QkNorm::None, QkNorm::Rms, QkNorm::Layer})
+        for (int rope = 0; rope < 3; ++rope) {  // none, all tokens, tokens from 40 on (CogVideoX's video)
+          auto opts = at::TensorOptions().dtype(dtype).device(at::kCUDA);
+          const int64_t B = 2, H = 3, n0 = 40, n1 = 300, N = n0 + n1;
+          at::Tensor a0 = at::randn({B, n0, 3 * H * D + 16}, gen).to(opts), a1 = at::randn({B, n1, 3 * H * D}, gen).to(opts);
+          mmdit::fused::QkNormSpec spec;
+          spec.kind = kind;
+          spec.rms_round = D == 64;  // both RMS forms
+          spec.q_w = (1 + 0.1 * at::randn({D}, gen)).to(opts), spec.k_w = (1 + 0.1 * at::randn({D}, gen)).to(opts);
+          if (kind == QkNorm::Layer) spec.q_b = (0.1 * at::randn({D}, gen)).to(opts), spec.k_b = (0.1 * at::randn({D}, gen)).to(opts);
+          at::Tensor cos, sin;
+          const int64_t first = rope == 2 ? n0 : 0;
+          if (rope) {
+            at::Tensor ang = at::rand({N - first, D / 2}, gen).repeat_interleave(2, 1) * 6.28;
+            cos = ang.cos().to(at::kCUDA), sin = ang.sin().to(at::kCUDA);
+          }
+          auto make = [&]() {
+            auto buf = mmdit::fused::qkv_buffers(B, N, H, D, opts);
+            mmdit::fused::qkv_prepare(a0, spec, cos, sin, first, buf, 0);
+            mmdit::fused::qkv_prepare(a1, spec, cos, sin, first, buf, n0);
+            return at::stack({buf.q, buf.k, buf.v});
+          };
+          at::Tensor got = make(), ref;
+          {
+            ModeGuard g(Mode::Reference);
+            ref = make();
+          }
+          const double e = rel_err(got, ref);
+          const bool ok = e <= tolerance(dtype);
+          failures += !ok;
+          std::printf("{\"check\": \"fused qkv_prepare\", \"dtype\": \"%s\", \"head_dim\": %lld, \"norm\": %d, "
+                      "\"rope\": %d, \"rel_err\": %.3g, \"ok\": %s}\n",
+                      c10::toString(dtype), (long long)D, int(kind), rope, e, ok ? "true" : "false");
+        }
+  return failures;
+}
+
+}  // namespace
 
 int main() {
   if (!torch::cuda::is_available()) {
@@ -39,5 +133,12 @@ int main() {
                     c10::toString(dtype), (long long)d, (long long)s, same ? "true" : "false", lse_err, out_err,
                     ok ? "true" : "false");
       }
+  if (!mmdit::fused::kernels_built()) {
+    std::puts("{\"check\": \"fused kernels\", \"ok\": false, \"why\": \"not built\"}");
+    return 1;
+  }
+  at::Generator g = gen;
+  failures += check_ln_modulate(g);
+  failures += check_qkv_prepare(g);
   return failures ? 1 : 0;
 }

@@ -10,6 +10,7 @@
 #include "core/image_io.h"
 #include "core/safetensors.h"
 #include "models/cogvideox_transformer.h"
+#include "models/fused_ops.h"
 #include "models/cogvideox_vae.h"
 #include "samplers/cogvideox_schedulers.h"
 #include "tests/test_tensors.h"
@@ -106,6 +107,13 @@ TEST_P(CogVideoXTransformerGolden, MatchesDiffusers) {
   double e = rel_err(y, io["out"]);
   std::printf("[cogvideox] transformer %s: rel err %.3g\n", GetParam().c_str(), e);
   EXPECT_LE(e, 1e-4);
+  // The fast path's structure with the ATen reference of each fused kernel.
+  fused::ModeGuard fast(fused::Mode::Reference);
+  at::Tensor yf = m->forward(x, io["encoder_hidden_states"], io["timestep"].to(at::kLong), rope);
+  std::printf("[cogvideox] transformer %s fast path: rel err %.3g (vs plain path %.3g)\n", GetParam().c_str(),
+              rel_err(yf, io["out"]), rel_err(yf, y));
+  EXPECT_LE(rel_err(yf, io["out"]), 1e-4);
+  EXPECT_LE(rel_err(yf, y), 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, CogVideoXTransformerGolden, ::testing::Values("2b", "5b", "15"));

@@ -13,6 +13,7 @@
 #include "core/weights.h"
 #include "models/flux_pipeline.h"
 #include "models/flux_transformer.h"
+#include "models/fused_ops.h"
 #include "samplers/flow_match.h"
 #include "tests/test_tensors.h"
 #include "tests/test_util.h"
@@ -56,6 +57,19 @@ TEST_P(FluxTransformerGolden, Bf16IsClose) {
   const double e = rel_err(y, io["out"]);
   std::printf("[flux] %s folder bf16: rel err %.3g\n", GetParam().c_str(), e);
   EXPECT_LE(e, 5e-2);
+}
+
+// The fast path's structure with the ATen reference of each fused kernel: diffusers' output, and the plain path's.
+TEST_P(FluxTransformerGolden, FastPathMatchesDiffusers) {
+  Golden io(GetParam() + "_io.safetensors");
+  auto m = FluxTransformer::load(kDir / GetParam(), at::kCPU, at::kFloat);
+  at::Tensor plain = run(*m, io, at::kFloat);
+  fused::ModeGuard fast(fused::Mode::Reference);
+  at::Tensor y = run(*m, io, at::kFloat);
+  std::printf("[flux] %s fast path: rel err %.3g (vs plain path %.3g)\n", GetParam().c_str(), rel_err(y, io["out"]),
+              rel_err(y, plain));
+  EXPECT_LE(rel_err(y, io["out"]), 1e-4);
+  EXPECT_LE(rel_err(y, plain), 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, FluxTransformerGolden, ::testing::Values("dev_tiny", "schnell_tiny"));

@@ -10,6 +10,7 @@
 #include "core/errors.h"
 #include "core/safetensors.h"
 #include "core/weights.h"
+#include "models/fused_ops.h"
 #include "models/sd3_transformer.h"
 #include "models/vae.h"
 #include "samplers/flow_match.h"
@@ -75,6 +76,20 @@ TEST_P(SD3TransformerGolden, Bf16IsClose) {
   Golden io(GetParam() + "_io.safetensors");
   auto m = SD3Transformer::load(kDir / GetParam(), at::kCPU, at::kBFloat16);
   check_transformer(*m, io, at::kBFloat16, 5e-2, GetParam() + " folder bf16");
+}
+
+// The fast path's structure (fused QKV, one-pass norms, QK norm into the joint buffers, GELU GEMM), with the
+// ATen reference of each fused kernel: diffusers' output, and the plain path's, with and without a control.
+TEST_P(SD3TransformerGolden, FastPathMatchesDiffusers) {
+  Golden io(GetParam() + "_io.safetensors");
+  auto m = SD3Transformer::load(kDir / GetParam(), at::kCPU, at::kFloat);
+  torch::NoGradGuard ng;
+  at::Tensor plain = m->forward(io["hidden_states"], io["encoder_hidden_states"], io["pooled"], io["timestep"]);
+  fused::ModeGuard fast(fused::Mode::Reference);
+  check_transformer(*m, io, at::kFloat, 1e-4, GetParam() + " fast path f32");
+  at::Tensor y = m->forward(io["hidden_states"], io["encoder_hidden_states"], io["pooled"], io["timestep"]);
+  std::printf("[sd3] %s fast path vs plain path: rel err %.3g\n", GetParam().c_str(), rel_err(y, plain));
+  EXPECT_LE(rel_err(y, plain), 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, SD3TransformerGolden, ::testing::Values("sd3_tiny", "sd35m_tiny"));

@@ -29,41 +29,61 @@ def flags(p):
     return out
 
 
+def run(a, g, c, dtype, extra, tmp):
+    """Images (float64 RGB arrays) of one case, or the error text."""
+    refs = c.get("images") or c.get("frames")
+    video = "frames" in c
+    out = f"{tmp}/f_%03d.png" if video else f"{tmp}/out.png"
+    cmd = [a.mmdit, "generate", "-q", "--model", str(g / c["model"]), "--device", a.device, "--dtype", dtype,
+           "-o", out] + flags(c["params"]) + extra
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        return r.stderr.strip()
+    if video:
+        got = [f"{tmp}/f_{i:03d}.png" for i in range(len(refs))]
+    elif len(refs) > 1:
+        got = [f"{tmp}/out-{i}.png" for i in range(len(refs))]
+    else:
+        got = [out]
+    return [np.asarray(Image.open(p).convert("RGB")).astype(np.float64) for p in got]
+
+
+def compare(xs, ys):
+    diffs = [np.abs(x - y).max() for x, y in zip(xs, ys)]
+    mse = float(np.mean([((x - y) ** 2).mean() for x, y in zip(xs, ys)]))
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+    return int(max(diffs)), round(psnr, 2)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mmdit")
     ap.add_argument("golden")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--unfused", action="store_true",
+                    help="also run --no-fused: the fused kernels' image against the plain path's (PSNR)")
     a = ap.parse_args()
     g = pathlib.Path(a.golden)
     for c in json.load(open(g / "cases.json")):
-        refs = c.get("images") or c.get("frames")
-        video = "frames" in c
+        refs = [np.asarray(Image.open(g / r).convert("RGB")).astype(np.float64)
+                for r in (c.get("images") or c.get("frames"))]
         for dtype in ("f32", "bf16"):
             with tempfile.TemporaryDirectory() as tmp:
-                out = f"{tmp}/f_%03d.png" if video else f"{tmp}/out.png"
-                cmd = [a.mmdit, "generate", "-q", "--model", str(g / c["model"]), "--device", a.device, "--dtype", dtype,
-                       "-o", out] + flags(c["params"])
-                r = subprocess.run(cmd, capture_output=True, text=True)
-                if r.returncode != 0:
-                    print(json.dumps({"case": c["name"], "dtype": dtype, "error": r.stderr.strip()}))
+                got = run(a, g, c, dtype, [], tmp)
+                if isinstance(got, str):
+                    print(json.dumps({"case": c["name"], "dtype": dtype, "error": got}))
                     continue
-                if video:
-                    got = [f"{tmp}/f_{i:03d}.png" for i in range(len(refs))]
-                elif len(refs) > 1:
-                    got = [f"{tmp}/out-{i}.png" for i in range(len(refs))]
-                else:
-                    got = [out]
-                diffs, mses = [], []
-                for mine, ref in zip(got, refs):
-                    x = np.asarray(Image.open(mine).convert("RGB")).astype(np.float64)
-                    y = np.asarray(Image.open(g / ref).convert("RGB")).astype(np.float64)
-                    diffs.append(np.abs(x - y).max())
-                    mses.append(((x - y) ** 2).mean())
-                mse = float(np.mean(mses))
-                psnr = float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
-                print(json.dumps({"case": c["name"], "device": a.device, "dtype": dtype, "images": len(got),
-                                  "max_diff": int(max(diffs)), "psnr_db": round(psnr, 2)}))
+                max_diff, psnr = compare(got, refs)
+                line = {"case": c["name"], "device": a.device, "dtype": dtype, "images": len(got),
+                        "max_diff": max_diff, "psnr_db": psnr}
+                if a.unfused:
+                    plain = run(a, g, c, dtype, ["--no-fused"], tmp)
+                    if isinstance(plain, str):
+                        line["unfused_error"] = plain
+                    else:
+                        line["unfused_max_diff_vs_golden"], _ = compare(plain, refs)
+                        line["fused_vs_unfused_max_diff"], line["fused_vs_unfused_psnr_db"] = compare(got, plain)
+                print(json.dumps(line))
 
 
 if __name__ == "__main__":

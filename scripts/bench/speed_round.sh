@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# GPU-box round for the fast path (issue 14; run through the device tool from the repo root, carrying .carry/stb,
+# .carry/layouts, the tiny goldens under .carry/goldens and .whl; make them with scripts/bench/prepare_carry.sh):
+#   build     mmdit and mmdit_gpu_checks against the box's torch, with the fused CUDA kernels;
+#   gpucheck  the kernels against their ATen references (and the LSE kernels);
+#   parity    every tiny golden case on CUDA in f32 and bf16: fused against diffusers' f32 CPU images, and fused
+#             against --no-fused (PSNR: lossless means >= 45 dB in bf16);
+#   sd35l sd35m flux cogvideox
+#             per-step times, bf16, random weights, same call: mmdit fused, mmdit --no-fused (same loaded
+#             pipeline), diffusers eager.
+# Results: $OUT/results.jsonl, $OUT/log.txt.   scripts/bench/speed_round.sh build gpucheck parity sd35l ...
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null && export PYTHONPATH=/tmp/site
+start=$(date +%s)
+M=$PWD/build-gpu/mmdit
+R="$OUT/results.jsonl"
+L=.carry/layouts
+STEPS=${STEPS:-10}
+pair() {  # family layout args...: mmdit (fused, then --no-fused) and diffusers eager, same settings
+  local fam=$1 lay=$2; shift 2
+  $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 --steps $STEPS --warmup-steps 2 "$@" \
+    --variant '--no-fused' | tee -a "$R"
+  python3 scripts/bench/bench_diffusers.py "$lay" --family "$fam" --steps $STEPS --warmup-steps 2 "$@" \
+    2>>"$OUT/diffusers.err" | tee -a "$R"
+}
+for w in "$@"; do case $w in
+  build)
+    cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMMDIT_BUILD_TESTS=OFF -DMMDIT_WITH_FFMPEG=OFF \
+      -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$OUT/cmake.txt" 2>&1 \
+      || { tail -30 "$OUT/cmake.txt"; exit 1; }
+    cmake --build build-gpu -j16 --target mmdit mmdit_gpu_checks > "$OUT/build.txt" 2>&1 \
+      || { grep -E "error" -A3 "$OUT/build.txt" | head -40; exit 1; } ;;
+  gpucheck) build-gpu/mmdit_gpu_checks | tee -a "$R" | grep -v '"ok": true' ; echo "gpu checks exit ${PIPESTATUS[0]}" ;;
+  parity)
+    for g in sd3_pipeline flux cogvideox; do
+      [ -d .carry/goldens/$g ] && python3 scripts/bench/device_parity.py $M .carry/goldens/$g --unfused | tee -a "$R"
+    done ;;
+  controls)
+    python3 scripts/bench/controls_check.py "$M" .carry/goldens/controls .carry/goldens/controls tests/data/stg \
+      tests/data/regional | tee -a "$R" ;;
+  sd35l) pair sd3 $L/sd3.5-large --width 1024 --height 1024 --cfg 7 ;;
+  sd35m) pair sd3 $L/sd3.5-medium --width 1024 --height 1024 --cfg 7 ;;
+  flux) pair flux $L/flux-dev --width 1024 --height 1024 ;;
+  cogvideox) pair cogvideox $L/cogvideox-5b --width 720 --height 480 --frames 49 --cfg 6 ;;
+esac; echo "$w done after $(( $(date +%s) - start )) s"; done
+echo "round done"
