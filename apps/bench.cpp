@@ -6,6 +6,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
 
 #include "apps/commands.h"
@@ -27,6 +28,7 @@ struct BenchOptions {
   int warmup_steps = 0;  // 0: as many as the timed runs
   std::string attention = "auto";
   std::vector<std::string> variants;
+  std::string profile;  // a folder: a Kineto trace of each variant's first timed run (scripts/bench/profile_summary.py)
 };
 
 double now_s() {
@@ -40,14 +42,16 @@ double median(std::vector<double> v) {
 }
 
 // Times one request on the loaded pipeline and prints its JSON line.
-void time_request(Pipeline& pipe, GenerateRequest r, const BenchOptions& o, double load_s, const std::string& variant) {
+void time_request(Pipeline& pipe, GenerateRequest r, const BenchOptions& o, double load_s, const std::string& variant,
+                  int index) {
   pipe.resolve(r);
   const bool cuda = r.device.rfind("cuda", 0) == 0;
   auto sync = [&] {
     if (cuda) torch::cuda::synchronize();
   };
   std::vector<double> totals, steps;
-  for (int run = 0; run <= o.runs; ++run) {  // run 0 warms up (kernel selection, allocator)
+  const int last = o.runs + (o.profile.empty() ? 0 : 1);  // --profile: one more run, traced and not timed
+  for (int run = 0; run <= last; ++run) {  // run 0 warms up (kernel selection, allocator)
     GenerateRequest q = r;
     q.prompt = r.prompt + " (run " + std::to_string(run) + ")";  // a new prompt: encoding is timed too
     if (run == 0 && o.warmup_steps > 0) q.steps = o.warmup_steps;
@@ -56,14 +60,28 @@ void time_request(Pipeline& pipe, GenerateRequest r, const BenchOptions& o, doub
     if (run == 1) reset_peak_device_memory(at::Device(r.device));
     const double start = now_s();
     stamps.push_back(start);
+    // --profile: a Kineto trace of the denoising steps after the first (no encoding, no decoding).
+    namespace prof = torch::autograd::profiler;
+    const bool profile = run > o.runs;
+    int done = 0;
     auto on_step = [&](int, int) {
       sync();  // per-step times need the device to finish the step
       stamps.push_back(now_s());
+      ++done;
+      if (profile && done == 1) {
+        const prof::ProfilerConfig config(prof::ProfilerState::KINETO);
+        const std::set<torch::profiler::impl::ActivityType> what = {torch::profiler::impl::ActivityType::CPU,
+                                                                   torch::profiler::impl::ActivityType::CUDA};
+        prof::prepareProfiler(config, what);
+        prof::enableProfiler(config, what);
+      } else if (profile && done == q.steps && done > 1) {
+        prof::disableProfiler()->save(o.profile + "/trace-" + std::to_string(index) + ".json");
+      }
     };
     if (pipe.is_video()) pipe.generate_video(q, on_step);
     else pipe.generate(q, on_step);
     sync();
-    if (run == 0) continue;
+    if (run == 0 || profile) continue;
     totals.push_back(now_s() - start);
     for (size_t i = 2; i < stamps.size(); ++i) steps.push_back(stamps[i] - stamps[i - 1]);  // step 1 includes encoding
   }
@@ -75,6 +93,7 @@ void time_request(Pipeline& pipe, GenerateRequest r, const BenchOptions& o, doub
                               {"pipeline_s", median(totals)}, {"runs", o.runs},
                               {"vae_tiling", r.vae_tiling},
                               {"peak_memory_gib", double(peak_device_memory(at::Device(r.device))) / (1u << 30)},
+                              {"memory_after_gib", double(device_memory_allocated(at::Device(r.device))) / (1u << 30)},
                               {"request", request_json(r)}};
   std::printf("%s\n", j.dump().c_str());
   std::fflush(stdout);
@@ -89,7 +108,8 @@ void run_bench(BenchOptions& o) {
   auto pipe = load_pipeline(r);
   if (r.device.rfind("cuda", 0) == 0) torch::cuda::synchronize();
   const double load_s = now_s() - t0;
-  time_request(*pipe, r, o, load_s, "");
+  time_request(*pipe, r, o, load_s, "", 0);
+  int index = 0;
   // Each --variant: the same request with some flags changed, on the pipeline already loaded.
   for (const std::string& v : o.variants) {
     auto f = std::make_shared<RequestFlags>();
@@ -105,7 +125,7 @@ void run_bench(BenchOptions& o) {
       throw UsageError("--variant '" + v + "': " + e.what());
     }
     finish_request_flags(*f);
-    time_request(*pipe, f->req, o, load_s, v);
+    time_request(*pipe, f->req, o, load_s, v, ++index);
   }
 }
 
@@ -127,6 +147,7 @@ Command add_bench_command(CLI::App& app) {
   sub->add_option("--warmup-steps", o->warmup_steps, "Steps of the untimed warm-up run (default: --steps)");
   sub->add_flag("--vae-tiling", r.vae_tiling, "Decode video in spatial tiles");
   sub->add_option("--runs", o->runs, "Timed runs after one warm-up")->check(CLI::PositiveNumber);
+  sub->add_option("--profile", o->profile, "Folder for a Kineto trace of each variant's first timed run (trace-N.json)");
   sub->add_option("--attention", o->attention, "SDPA backend: auto, flash, cudnn, efficient, math")->capture_default_str();
   sub->add_flag("--random-weights", o->random_weights, "Make random weights on the device instead of loading files");
   sub->add_option("--batch", r.batch, "Images per run (--batch 3 --cfg 1: three plain rows, a baseline)")

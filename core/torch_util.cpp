@@ -118,6 +118,16 @@ size_t peak_device_memory(const at::Device& device) {
   return 0;
 }
 
+size_t device_memory_allocated(const at::Device& device) {
+#if MMDIT_HAVE_CUDART
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return size_t(stats.allocated_bytes[size_t(c10::CachingAllocator::StatType::AGGREGATE)].current);
+  }
+#endif
+  return 0;
+}
+
 void reset_peak_device_memory(const at::Device& device) {
 #if MMDIT_HAVE_CUDART
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());

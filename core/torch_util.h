@@ -38,6 +38,8 @@ DeviceMemory device_memory(const at::Device& device);
 void empty_device_cache();
 // Peak bytes the caching allocator has handed out on the device since the last reset (0 without CUDA).
 size_t peak_device_memory(const at::Device& device);
+// Bytes the caching allocator has handed out now (0 off CUDA).
+size_t device_memory_allocated(const at::Device& device);
 void reset_peak_device_memory(const at::Device& device);
 
 }  // namespace mmdit
