@@ -32,11 +32,25 @@ struct LnModArgs {
   void* out = nullptr;  // [rows, cols]
   float eps = 1e-6f;
 };
-// Returns false when the shape is outside what the kernel takes (cols > 8192 or odd): use the reference.
+// Returns false when the shape is outside what the kernel takes (cols > 8192): use the reference.
 bool ln_modulate(const LnModArgs& a, void* stream);
 
+// out = x + gate * y over rows of C values (out may be x); tokens below `split` take gate_a, the others gate_b.
+struct ResidualArgs {
+  DType dtype = DType::BF16;
+  int64_t rows = 0, cols = 0, tokens = 0, split = 0;
+  const void* x = nullptr;
+  const void* gate_a = nullptr;
+  const void* gate_b = nullptr;
+  int64_t mod_stride = 0;
+  const void* y = nullptr;
+  void* out = nullptr;
+};
+// Returns false when cols is not a multiple of 8 or a pointer is not 16-byte aligned: use the reference.
+bool residual(const ResidualArgs& a, void* stream);
+
 // Q/K/V of `tokens` tokens from a projection output (rows of [q | k | v], heads x head_dim each, row stride
-// src_row_stride, batch stride src_batch_stride) into [B, dst_tokens, heads, head_dim] buffers at token
+// src_row_stride, batch stride src_batch_stride) into [B, heads, dst_tokens, head_dim] buffers at token
 // dst_offset: per-head norm of q and k (none, RMSNorm with weight, LayerNorm with weight and bias), then
 // RoPE with interleaved pairs on tokens at or after rope_first (table row = dst token - rope_first).
 enum class QkNorm { None, Rms, Layer };

@@ -138,7 +138,7 @@ struct CogAttention : torch::nn::Module {
     desc.heads = heads;
     desc.text = {0, T};
     desc.image = {T, L};
-    at::Tensor o = attention(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc);
+    at::Tensor o = attention(buf.q, buf.k, buf.v, desc);
     return to_out(o.transpose(1, 2).reshape({batch, L, heads * head_dim}));
   }
 
@@ -274,8 +274,7 @@ struct CogVideoXBlock : torch::nn::Module {
     at::Tensor a = attn1->forward_fused(nh, T, rope, desc);
     auto [h1, nh2] = fused::ln_modulate(h, a, {m2[0], m2[1], m1[2], m2[3], m2[4], m1[5], T}, ln2->eps, ln2->weight, ln2->bias);
     at::Tensor f = ff->out(fused::linear_gelu(nh2, ff->gelu->proj->weight, ff->gelu->proj->bias));
-    h1.narrow(1, 0, T).addcmul_(m2[5].unsqueeze(1), f.narrow(1, 0, T));
-    h1.narrow(1, T, N).addcmul_(m2[2].unsqueeze(1), f.narrow(1, T, N));
+    fused::add_residual_(h1, {{}, {}, m2[2], {}, {}, m2[5], T}, f);
     return {h1.narrow(1, T, N), h1.narrow(1, 0, T)};
   }
 

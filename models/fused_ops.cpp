@@ -84,7 +84,7 @@ at::Tensor qk_norm_reference(const at::Tensor& x, const QkNormSpec& s, const at:
 
 void qkv_prepare_reference(const at::Tensor& src, const QkNormSpec& s, const at::Tensor& cos, const at::Tensor& sin,
                            int64_t rope_first, Qkv& dst, int64_t offset) {
-  const int64_t B = src.size(0), n = src.size(1), H = dst.q.size(2), D = dst.q.size(3), inner = H * D;
+  const int64_t B = src.size(0), n = src.size(1), H = dst.q.size(1), D = dst.q.size(3), inner = H * D;
   const bool rope = cos.defined() && offset + n > rope_first;
   TORCH_CHECK(!rope || offset >= rope_first, "qkv_prepare: RoPE must cover all or none of a call's tokens");
   for (int which = 0; which < 3; ++which) {
@@ -93,7 +93,7 @@ void qkv_prepare_reference(const at::Tensor& src, const QkNormSpec& s, const at:
       x = qk_norm_reference(x, s, which == 0 ? s.q_w : s.k_w, which == 0 ? s.q_b : s.k_b);
       if (rope) x = rope_reference(x, cos.narrow(0, offset - rope_first, n), sin.narrow(0, offset - rope_first, n));
     }
-    (which == 0 ? dst.q : which == 1 ? dst.k : dst.v).narrow(1, offset, n).copy_(x);
+    (which == 0 ? dst.q : which == 1 ? dst.k : dst.v).narrow(2, offset, n).copy_(x.transpose(1, 2));
   }
 }
 
@@ -111,7 +111,7 @@ bool active(const at::Tensor& x) {
 std::pair<at::Tensor, at::Tensor> ln_modulate(const at::Tensor& x, const at::Tensor& y, const Modulation& m, double eps,
                                               const at::Tensor& ln_w, const at::Tensor& ln_b) {
 #if MMDIT_HAVE_FUSED_KERNELS
-  kernels::DType dt;
+  kernels::DType dt = kernels::DType::BF16;
   const bool text = m.split > 0;
   std::vector<at::Tensor> mods = {m.shift, m.scale};
   if (y.defined()) mods.push_back(m.gate);
@@ -156,15 +156,15 @@ std::pair<at::Tensor, at::Tensor> ln_modulate(const at::Tensor& x, const at::Ten
 }
 
 Qkv qkv_buffers(int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim, const at::TensorOptions& options) {
-  return {at::empty({batch, tokens, heads, head_dim}, options), at::empty({batch, tokens, heads, head_dim}, options),
-          at::empty({batch, tokens, heads, head_dim}, options)};
+  return {at::empty({batch, heads, tokens, head_dim}, options), at::empty({batch, heads, tokens, head_dim}, options),
+          at::empty({batch, heads, tokens, head_dim}, options)};
 }
 
 void qkv_prepare(const at::Tensor& src, const QkNormSpec& s, const at::Tensor& cos, const at::Tensor& sin,
                  int64_t rope_first, Qkv& dst, int64_t offset) {
 #if MMDIT_HAVE_FUSED_KERNELS
-  kernels::DType dt;
-  const int64_t H = dst.q.size(2), D = dst.q.size(3);
+  kernels::DType dt = kernels::DType::BF16;
+  const int64_t H = dst.q.size(1), D = dst.q.size(3);
   auto param_ok = [&](const at::Tensor& t) {
     return !t.defined() || (t.is_contiguous() && t.scalar_type() == src.scalar_type() && t.numel() == D);
   };
@@ -197,7 +197,7 @@ void qkv_prepare(const at::Tensor& src, const QkNormSpec& s, const at::Tensor& c
     a.q = dst.q.data_ptr();
     a.k = dst.k.data_ptr();
     a.v = dst.v.data_ptr();
-    a.dst_tokens = dst.q.size(1);
+    a.dst_tokens = dst.q.size(2);
     a.dst_offset = offset;
     if (kernels::qkv_prepare(a, stream_of(src))) return;
   }
@@ -223,8 +223,53 @@ at::Tensor linear_of_concat(const at::Tensor& a, const at::Tensor& c, const at::
   return out.view(sizes);
 }
 
+namespace {
+
+// out = x + gate * y through the kernel; false when it does not take these tensors.
+bool residual_kernel(const at::Tensor& x, const Modulation& m, const at::Tensor& y, at::Tensor& out) {
+#if MMDIT_HAVE_FUSED_KERNELS
+  kernels::DType dt = kernels::DType::BF16;
+  const bool text = m.split > 0;
+  bool ok = use_kernels(x) && kernel_dtype(x.scalar_type(), dt) && x.dim() == 3 && x.is_contiguous() &&
+            y.is_contiguous() && y.sizes() == x.sizes() && y.scalar_type() == x.scalar_type() && out.is_contiguous();
+  for (const at::Tensor* g : {&m.gate, text ? &m.text_gate : &m.gate})
+    ok = ok && g->dim() == 2 && g->stride(1) == 1 && g->stride(0) == m.gate.stride(0) && g->size(1) == x.size(2) &&
+         g->scalar_type() == x.scalar_type() && g->size(0) == x.size(0);
+  if (!ok) return false;
+  kernels::ResidualArgs a;
+  a.dtype = dt;
+  a.rows = x.size(0) * x.size(1);
+  a.cols = x.size(2);
+  a.tokens = x.size(1);
+  a.split = m.split;
+  a.x = x.data_ptr();
+  a.gate_b = m.gate.data_ptr();
+  a.gate_a = text ? m.text_gate.data_ptr() : a.gate_b;
+  a.mod_stride = x.size(0) == 1 ? 0 : m.gate.stride(0);
+  a.y = y.data_ptr();
+  a.out = out.data_ptr();
+  return kernels::residual(a, stream_of(x));
+#else
+  (void)x, (void)m, (void)y, (void)out;
+  return false;
+#endif
+}
+
+}  // namespace
+
 at::Tensor residual(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y) {
+  at::Tensor out = at::empty_like(x);
+  Modulation m;
+  m.gate = gate;
+  if (residual_kernel(x, m, y, out)) return out;
   return at::addcmul(x, gate.unsqueeze(1), y);
+}
+
+void add_residual_(at::Tensor& x, const Modulation& m, const at::Tensor& y) {
+  if (residual_kernel(x, m, y, x)) return;
+  const int64_t T = m.split, N = x.size(1);
+  if (T > 0) x.narrow(1, 0, T).addcmul_(m.text_gate.unsqueeze(1), y.narrow(1, 0, T));
+  x.narrow(1, T, N - T).addcmul_(m.gate.unsqueeze(1), y.narrow(1, T, N - T));
 }
 
 at::Tensor fuse_rows(const std::vector<at::Tensor*>& params) {

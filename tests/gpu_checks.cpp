@@ -60,6 +60,32 @@ int check_ln_modulate(at::Generator& gen) {
   return failures;
 }
 
+int check_residual(at::Generator& gen) {
+  int failures = 0;
+  for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat})
+    for (int64_t split : {0, 17}) {
+      auto opts = at::TensorOptions().dtype(dtype).device(at::kCUDA);
+      const int64_t B = 2, N = 333, C = 2432;
+      at::Tensor x = at::randn({B, N, C}, gen).to(opts), y = at::randn({B, N, C}, gen).to(opts);
+      auto ch = at::randn({B, 6 * C}, gen).to(opts).chunk(6, 1);
+      mmdit::fused::Modulation m;
+      m.gate = ch[2], m.text_gate = ch[5], m.split = split;
+      at::Tensor got = x.clone(), ref = x.clone();
+      mmdit::fused::add_residual_(got, m, y);
+      {
+        ModeGuard g(Mode::Reference);
+        mmdit::fused::add_residual_(ref, m, y);
+      }
+      double e = rel_err(got, ref);
+      if (split == 0) e = std::max(e, rel_err(mmdit::fused::residual(x, ch[2], y), ref));
+      const bool ok = e <= tolerance(dtype);
+      failures += !ok;
+      std::printf("{\"check\": \"fused residual\", \"dtype\": \"%s\", \"split\": %lld, \"rel_err\": %.3g, \"ok\": %s}\n",
+                  c10::toString(dtype), (long long)split, e, ok ? "true" : "false");
+    }
+  return failures;
+}
+
 int check_qkv_prepare(at::Generator& gen) {
   using mmdit::kernels::QkNorm;
   int failures = 0;
@@ -139,6 +165,7 @@ int main() {
   }
   at::Generator g = gen;
   failures += check_ln_modulate(g);
+  failures += check_residual(g);
   failures += check_qkv_prepare(g);
   return failures ? 1 : 0;
 }

@@ -28,6 +28,8 @@ def main():
     total = collections.Counter()
     count = collections.Counter()
     other = collections.Counter()
+    gemm = collections.Counter()
+    gemm_n = collections.Counter()
     for e in events:
         if e.get("cat") != "kernel":
             continue
@@ -36,11 +38,16 @@ def main():
         count[k] += 1
         if k == "other":
             other[e["name"][:90]] += e["dur"]
+        if k == "gemm":
+            gemm[e["name"][:70]] += e["dur"]
+            gemm_n[e["name"][:70]] += 1
     per = lambda us: round(us / 1000.0 / a.steps, 2)
     print(json.dumps({"profile": a.label or a.trace, "steps": a.steps,
                       "ms_per_step": {k: per(v) for k, v in total.items()},
                       "kernels_per_step": {k: round(v / a.steps) for k, v in count.items()},
-                      "top_other_ms_per_step": {n: per(v) for n, v in other.most_common(12)}}))
+                      "top_other_ms_per_step": {n: per(v) for n, v in other.most_common(12)},
+                      "top_gemm_ms_per_step": {f"{n} x{round(gemm_n[n] / a.steps)}": per(v)
+                                               for n, v in gemm.most_common(8)}}))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 #   sd35l sd35m flux cogvideox
 #             per-step times, bf16, random weights, same call: mmdit fused, mmdit --no-fused (same loaded
 #             pipeline), diffusers eager; with PROFILE=1 also each mmdit variant's GEMM / attention / other split
-#             (trace-0: fused, trace-1: --no-fused).
+#             (trace-0: fused, trace-1: --no-fused, trace-2: fused again, after).
 # Results: $OUT/results.jsonl, $OUT/log.txt.   scripts/bench/speed_round.sh build gpucheck parity sd35l ...
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -25,7 +25,7 @@ pair() {  # family layout args...: mmdit (fused, then --no-fused) and diffusers 
   local prof=()
   [ -n "${PROFILE:-}" ] && mkdir -p "$OUT/prof-$w" && prof=(--profile "$OUT/prof-$w")
   $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 --steps $STEPS --warmup-steps 2 "$@" \
-    "${prof[@]}" --variant '--no-fused' | tee -a "$R"
+    "${prof[@]}" --variant '--no-fused' --variant '--batch 1' | tee -a "$R"
   if [ -n "${PROFILE:-}" ]; then
     for t in "$OUT/prof-$w"/trace-*.json; do
       python3 scripts/bench/profile_summary.py "$t" --steps $((STEPS - 1)) --label "$w $(basename $t)" | tee -a "$R"
