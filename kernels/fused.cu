@@ -195,7 +195,7 @@ __global__ void qkv_prepare_kernel(QkvArgs a) {
   const int64_t h = warp % H, t = (warp / H) % a.tokens, b = warp / (H * a.tokens);
   const T* src = static_cast<const T*>(a.src) + b * a.src_batch_stride + t * a.src_row_stride + h * D + lane * E;
   const int64_t dt = a.dst_offset + t;
-  const int64_t dst = ((b * H + h) * a.dst_tokens + dt) * D + lane * E;
+  const int64_t dst = ((b * a.dst_tokens + dt) * H + h) * D + lane * E;
   const int64_t rope_row = dt - a.rope_first;
   const bool rope = a.cos && rope_row >= 0;
   for (int which = 0; which < 3; ++which) {
@@ -254,7 +254,7 @@ __global__ void qkv_prepare_vec_kernel(QkvArgs a) {
   const int64_t h = (t_ / G) % H, t = (t_ / (G * H)) % a.tokens, b = t_ / (G * H * a.tokens);
   const T* src = static_cast<const T*>(a.src) + b * a.src_batch_stride + t * a.src_row_stride + h * D + part * 8;
   const int64_t dt = a.dst_offset + t;
-  const int64_t dst = ((b * H + h) * a.dst_tokens + dt) * D + part * 8;
+  const int64_t dst = ((b * a.dst_tokens + dt) * H + h) * D + part * 8;
   const int64_t rope_row = dt - a.rope_first;
   const bool rope = a.cos && rope_row >= 0;
   auto group_sum = [](float v) {

@@ -50,7 +50,7 @@ struct ResidualArgs {
 bool residual(const ResidualArgs& a, void* stream);
 
 // Q/K/V of `tokens` tokens from a projection output (rows of [q | k | v], heads x head_dim each, row stride
-// src_row_stride, batch stride src_batch_stride) into [B, heads, dst_tokens, head_dim] buffers at token
+// src_row_stride, batch stride src_batch_stride) into [B, dst_tokens, heads, head_dim] buffers at token
 // dst_offset: per-head norm of q and k (none, RMSNorm with weight, LayerNorm with weight and bias), then
 // RoPE with interleaved pairs on tokens at or after rope_first (table row = dst token - rope_first).
 enum class QkNorm { None, Rms, Layer };

@@ -138,7 +138,7 @@ struct CogAttention : torch::nn::Module {
     desc.heads = heads;
     desc.text = {0, T};
     desc.image = {T, L};
-    at::Tensor o = attention(buf.q, buf.k, buf.v, desc);
+    at::Tensor o = attention(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc);
     return to_out(o.transpose(1, 2).reshape({batch, L, heads * head_dim}));
   }
 

@@ -118,7 +118,7 @@ struct FluxAttention : torch::nn::Module {
                          0, buf, 0);
     fused::qkv_prepare(at::linear(x, qkv_w, nn::opt(qkv_b)), norm_spec(norm_q, norm_k), cos, sin, 0, buf, n_txt);
     desc.heads = heads;
-    at::Tensor o = attention(buf.q, buf.k, buf.v, desc);
+    at::Tensor o = attention(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc);
     o = o.transpose(1, 2).reshape({batch, n, heads * head_dim});
     if (!ctx.defined()) return {o, at::Tensor()};
     return {to_out(o.narrow(1, n_txt, n - n_txt)), to_add_out(o.narrow(1, 0, n_txt))};

@@ -84,7 +84,7 @@ at::Tensor qk_norm_reference(const at::Tensor& x, const QkNormSpec& s, const at:
 
 void qkv_prepare_reference(const at::Tensor& src, const QkNormSpec& s, const at::Tensor& cos, const at::Tensor& sin,
                            int64_t rope_first, Qkv& dst, int64_t offset) {
-  const int64_t B = src.size(0), n = src.size(1), H = dst.q.size(1), D = dst.q.size(3), inner = H * D;
+  const int64_t B = src.size(0), n = src.size(1), H = dst.q.size(2), D = dst.q.size(3), inner = H * D;
   const bool rope = cos.defined() && offset + n > rope_first;
   TORCH_CHECK(!rope || offset >= rope_first, "qkv_prepare: RoPE must cover all or none of a call's tokens");
   for (int which = 0; which < 3; ++which) {
@@ -93,7 +93,7 @@ void qkv_prepare_reference(const at::Tensor& src, const QkNormSpec& s, const at:
       x = qk_norm_reference(x, s, which == 0 ? s.q_w : s.k_w, which == 0 ? s.q_b : s.k_b);
       if (rope) x = rope_reference(x, cos.narrow(0, offset - rope_first, n), sin.narrow(0, offset - rope_first, n));
     }
-    (which == 0 ? dst.q : which == 1 ? dst.k : dst.v).narrow(2, offset, n).copy_(x.transpose(1, 2));
+    (which == 0 ? dst.q : which == 1 ? dst.k : dst.v).narrow(1, offset, n).copy_(x);
   }
 }
 
@@ -156,15 +156,15 @@ std::pair<at::Tensor, at::Tensor> ln_modulate(const at::Tensor& x, const at::Ten
 }
 
 Qkv qkv_buffers(int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim, const at::TensorOptions& options) {
-  return {at::empty({batch, heads, tokens, head_dim}, options), at::empty({batch, heads, tokens, head_dim}, options),
-          at::empty({batch, heads, tokens, head_dim}, options)};
+  return {at::empty({batch, tokens, heads, head_dim}, options), at::empty({batch, tokens, heads, head_dim}, options),
+          at::empty({batch, tokens, heads, head_dim}, options)};
 }
 
 void qkv_prepare(const at::Tensor& src, const QkNormSpec& s, const at::Tensor& cos, const at::Tensor& sin,
                  int64_t rope_first, Qkv& dst, int64_t offset) {
 #if MMDIT_HAVE_FUSED_KERNELS
   kernels::DType dt = kernels::DType::BF16;
-  const int64_t H = dst.q.size(1), D = dst.q.size(3);
+  const int64_t H = dst.q.size(2), D = dst.q.size(3);
   auto param_ok = [&](const at::Tensor& t) {
     return !t.defined() || (t.is_contiguous() && t.scalar_type() == src.scalar_type() && t.numel() == D);
   };
@@ -197,7 +197,7 @@ void qkv_prepare(const at::Tensor& src, const QkNormSpec& s, const at::Tensor& c
     a.q = dst.q.data_ptr();
     a.k = dst.k.data_ptr();
     a.v = dst.v.data_ptr();
-    a.dst_tokens = dst.q.size(2);
+    a.dst_tokens = dst.q.size(1);
     a.dst_offset = offset;
     if (kernels::qkv_prepare(a, stream_of(src))) return;
   }

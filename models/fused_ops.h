@@ -51,12 +51,14 @@ struct Modulation {
 std::pair<at::Tensor, at::Tensor> ln_modulate(const at::Tensor& x, const at::Tensor& y, const Modulation& m,
                                               double eps, const at::Tensor& ln_w = {}, const at::Tensor& ln_b = {});
 
-// The joint sequence's Q, K, V: [B, heads, N, head_dim] each, contiguous, as mmdit::attention takes them (the
-// cuDNN kernel is 3-9% slower on [B, N, heads, head_dim]-strided views: measured on an H200).
+// The joint sequence's Q, K, V: [B, N, heads, head_dim] each; heads(t) views one as [B, heads, N, head_dim] for
+// mmdit::attention. The cuDNN kernel takes these strides without a copy and returns its output with the same
+// strides, so the [B, N, heads * head_dim] view of the output is free too.
 struct Qkv {
   at::Tensor q, k, v;
 };
 Qkv qkv_buffers(int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim, const at::TensorOptions& options);
+inline at::Tensor heads(const at::Tensor& t) { return t.transpose(1, 2); }
 
 struct QkNormSpec {
   kernels::QkNorm kind = kernels::QkNorm::None;

@@ -104,7 +104,7 @@ struct SD3Attention : torch::nn::Module {
     desc.heads = heads;
     desc.image = {0, n_img};
     desc.text = {n_img, n_img + n_txt};
-    at::Tensor o = attention(buf.q, buf.k, buf.v, desc);
+    at::Tensor o = attention(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc);
     o = o.transpose(1, 2).reshape({batch, -1, heads * head_dim});
     at::Tensor txt;
     if (ctx.defined() && !to_add_out.is_empty()) txt = to_add_out(o.narrow(1, n_img, n_txt));
