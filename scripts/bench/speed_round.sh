@@ -20,6 +20,7 @@ M=$PWD/build-gpu/mmdit
 R="$OUT/results.jsonl"
 L=.carry/layouts
 STEPS=${STEPS:-10}
+G=${GOLDENS:-.carry/goldens}  # the tiny golden folders (prepare_carry.sh); the controls' models may be links to them
 pair() {  # family layout args...: mmdit (fused, then --no-fused) and diffusers eager, same settings
   local fam=$1 lay=$2; shift 2
   local prof=()
@@ -45,11 +46,13 @@ for w in "$@"; do case $w in
   gpucheck) build-gpu/mmdit_gpu_checks | tee -a "$R" | grep -v '"ok": true' ; echo "gpu checks exit ${PIPESTATUS[0]}" ;;
   parity)
     for g in sd3_pipeline flux cogvideox; do
-      [ -d .carry/goldens/$g ] && python3 scripts/bench/device_parity.py $M .carry/goldens/$g --unfused | tee -a "$R"
+      [ -d $G/$g ] && python3 scripts/bench/device_parity.py $M $G/$g --unfused | tee -a "$R"
     done ;;
   controls)
-    python3 scripts/bench/controls_check.py "$M" .carry/goldens/controls .carry/goldens/controls tests/data/stg \
-      tests/data/regional | tee -a "$R" ;;
+    for m in sd3_pipeline/tiny-sd3 flux/tiny-flux-dev; do
+      [ -e $G/controls/$(basename $m) ] || ln -s ../$m $G/controls/$(basename $m)
+    done
+    python3 scripts/bench/controls_check.py "$M" $G/controls $G/controls tests/data/stg tests/data/regional | tee -a "$R" ;;
   sd35l) pair sd3 $L/sd3.5-large --width 1024 --height 1024 --cfg 7 ;;
   sd35m) pair sd3 $L/sd3.5-medium --width 1024 --height 1024 --cfg 7 ;;
   flux) pair flux $L/flux-dev --width 1024 --height 1024 ;;
