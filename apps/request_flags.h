@@ -18,6 +18,8 @@ struct RequestFlags {
   GenerateRequest req;
   std::map<std::string, std::string> lists;                          // IntList flags as given
   std::vector<std::string> region_boxes, region_masks;               // --region, --region-mask as given
+  std::vector<std::string> prompt_list;                              // --prompt, once or more (multi-prompt video)
+  std::string prompts_file;                                          // --prompts-file
   std::vector<std::pair<const RequestOption*, CLI::Option*>> given;  // options that turn a feature on
   bool seed_given = false;
 };

@@ -1,5 +1,6 @@
 #include "controls/registry.h"
 
+#include "controls/kv_share.h"
 #include "models/pipeline.h"
 
 namespace mmdit {
@@ -25,6 +26,7 @@ const Entry kControls[] = {
 }  // namespace
 
 std::vector<std::unique_ptr<Control>> make_controls(const GenerateRequest& r, const ModelShape& model) {
+  check_multiprompt(r, model);
   std::vector<std::unique_ptr<Control>> out;
   for (const Entry& e : kControls)
     if (auto c = e.make(r, model)) out.push_back(std::move(c));

@@ -188,8 +188,12 @@ JobFile parse_jobs(const nlohmann::json& doc, const fs::path& base_dir, const st
     if (job.contains("seeds")) merged.erase("count"), merged.erase("seed");
     if (job.contains("count") || job.contains("seed")) merged.erase("seeds");
     for (auto it = job.begin(); it != job.end(); ++it) merged[it.key()] = it.value();
+    // "prompts" (a multi-prompt video) stands for "prompt".
+    const bool has_prompts = merged.contains("prompts") && !bad_defaults.count("prompts");
+    if (has_prompts && merged.contains("prompt"))
+      problems.push_back(where + ".prompts: give either \"prompt\" or \"prompts\", not both");
     for (const auto& o : request_options())
-      if (o.required && !merged.contains(o.key) && !bad_defaults.count(o.key))
+      if (o.required && !merged.contains(o.key) && !bad_defaults.count(o.key) && !(o.key == "prompt" && has_prompts))
         problems.push_back(where + "." + o.key + ": missing (required; give it in the job or in \"defaults\")");
     // slg_start <= slg_stop, as resolve() demands, when both are valid.
     if (problems.size() == before) {
@@ -325,7 +329,7 @@ nlohmann::ordered_json job_schema() {
   s["title"] = "mmdit run job file";
   s["description"] =
       "Jobs for `mmdit run`: every key is a `generate` long option with _ for -. Each job needs model and "
-      "prompt, in the job or in defaults.";
+      "prompt (or prompts, a multi-prompt video), in the job or in defaults.";
   s["type"] = "object";
   s["properties"] = {{"$schema", {{"type", "string"}}},
                      {"defaults", {{"$ref", "#/$defs/job"}}},
@@ -335,8 +339,15 @@ nlohmann::ordered_json job_schema() {
   // "model" and "prompt" may come from defaults: required in the job unless defaults has them.
   nlohmann::ordered_json need = nlohmann::ordered_json::array();
   for (const auto& k : required_note) {
-    OJ has_default = {{"properties", {{"defaults", {{"required", OJ::array({k})}}}}}, {"required", OJ::array({"defaults"})}};
-    OJ job_has = {{"properties", {{"jobs", {{"items", {{"required", OJ::array({k})}}}}}}}};
+    // "prompts" (a multi-prompt video) stands for "prompt".
+    const OJ keys = k == "prompt" ? OJ::array({"prompt", "prompts"}) : OJ::array({k});
+    OJ in_defaults = OJ::array(), in_job = OJ::array();
+    for (const auto& key : keys) {
+      in_defaults.push_back({{"properties", {{"defaults", {{"required", OJ::array({key})}}}}}, {"required", OJ::array({"defaults"})}});
+      in_job.push_back({{"required", OJ::array({key})}});
+    }
+    OJ has_default = {{"anyOf", in_defaults}};
+    OJ job_has = {{"properties", {{"jobs", {{"items", {{"anyOf", in_job}}}}}}}};
     OJ rule = OJ::object();
     rule["if"] = {{"not", has_default}};
     rule["then"] = job_has;

@@ -180,6 +180,21 @@ std::vector<RequestOption> make_options() {
       .choices = {"ddim", "dpm"};
   t.flag("dynamic_cfg", "CogVideoX's dynamic guidance scale (use_dynamic_cfg)", &R::dynamic_cfg);
   t.flag("vae_tiling", "Decode video in overlapping spatial tiles (less memory)", &R::vae_tiling);
+  {
+    RequestOption& o = t.add("prompts", "", "Multi-prompt video: the prompts in order (--prompt given several times, or "
+                             "--prompts-file)", Type::Prompts);
+    o.job_help = "Multi-prompt video: the prompts in order, each a string or {\"prompt\": ..., \"tiles\": N} to hold it "
+                 "for N tiles; replaces \"prompt\"";
+  }
+  t.integer("overlap", "", "Multi-prompt video: latent frames shared by adjacent tiles (default: about 70% of a tile)",
+            &R::overlap, 0, std::nullopt);
+  t.integer("transition_tiles", "", "Multi-prompt video: tiles between two prompts, with interpolated text (default 2)",
+            &R::transition_tiles, 0, 16);
+  t.layers("kv_share_layers", "Multi-prompt video: layers where each tile attends to the previous tile's keys and values "
+                            "(default: the last sixth of the layers)", &R::kv_share_layers);
+  t.str("kv_share_steps", "", "Multi-prompt video: steps FIRST-LAST (0-based) of the K/V sharing (default: 4% to 48% of "
+                              "the steps, DiTCtrl's 2-24 of 50)", Type::String, &R::kv_share_steps);
+  t.flag("no_kv_share", "Multi-prompt video: no K/V sharing between tiles (latent blending only)", &R::no_kv_share);
 
   t.group = "Encoders";
   t.integer("max_sequence_length", "", "T5 tokens (SD3 default 256)", &R::max_sequence_length, 1, 512);
@@ -342,6 +357,27 @@ void check_option(const RequestOption& o, const nlohmann::json& v, const std::st
       }
       break;
     }
+    case Type::Prompts: {
+      if (!v.is_array() || v.empty()) {
+        bad_got("expected a non-empty array of prompts (strings or {\"prompt\": ..., \"tiles\": N})");
+        break;
+      }
+      for (size_t i = 0; i < v.size(); ++i) {
+        const auto& e = v[i];
+        const std::string ati = at + "[" + std::to_string(i) + "]";
+        long double n = 1;
+        const bool obj = e.is_object() && e.contains("prompt") && e["prompt"].is_string() &&
+                         (e.size() == 1 || (e.size() == 2 && e.contains("tiles") && json_integer(e["tiles"], n)));
+        if (!e.is_string() && !obj) {
+          problems.push_back(ati + ": expected a prompt or {\"prompt\": ..., \"tiles\": N}, got " + shown(e));
+          continue;
+        }
+        const std::string text = e.is_string() ? e.get<std::string>() : e["prompt"].get<std::string>();
+        if (text.find_first_not_of(" \t\r\n") == std::string::npos) problems.push_back(ati + ": empty prompt");
+        if (n < 1 || n > 64) problems.push_back(ati + ".tiles: must be between 1 and 64, got " + shown(e["tiles"]));
+      }
+      break;
+    }
     case Type::Regions: {
       if (!v.is_array() || v.empty()) {
         bad_got("expected a non-empty array of {\"box\": [x0, y0, x1, y1], \"prompt\": ...} or {\"mask\": ..., \"prompt\": ...}");
@@ -421,6 +457,17 @@ void apply_option(GenerateRequest& r, const RequestOption& o, const nlohmann::js
       }
       break;
     }
+    case Type::Prompts: {
+      r.prompts.clear();
+      for (const auto& e : v) {
+        GenerateRequest::PromptEntry p;
+        p.prompt = e.is_string() ? e.get<std::string>() : e["prompt"].get<std::string>();
+        if (e.is_object() && e.contains("tiles")) p.tiles = e["tiles"].get<int>();
+        r.prompts.push_back(p);
+      }
+      r.prompt = r.prompts.front().prompt;
+      break;
+    }
     case Type::Regions: {
       r.regions.clear();
       for (const auto& e : v) {
@@ -490,6 +537,17 @@ nlohmann::ordered_json option_schema(const RequestOption& o) {
                       {{"type", "array"}, {"items", {{"type", "integer"}, {"minimum", 0}}}, {"minItems", 2}, {"maxItems", 2}}}},
                     {{"type", "string"}, {"pattern", "^[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*$"}}};
       break;
+    case Type::Prompts: {
+      nlohmann::ordered_json held = {{"type", "object"},
+                                     {"properties", {{"prompt", {{"type", "string"}, {"pattern", "\\S"}}},
+                                                     {"tiles", {{"type", "integer"}, {"minimum", 1}, {"maximum", 64}}}}},
+                                     {"required", {"prompt"}},
+                                     {"additionalProperties", false}};
+      p["type"] = "array";
+      p["minItems"] = 1;
+      p["items"] = {{"oneOf", {{{"type", "string"}, {"pattern", "\\S"}}, held}}};
+      break;
+    }
     case Type::Regions: {
       nlohmann::ordered_json box = {{"type", "object"},
                                     {"properties",
@@ -538,6 +596,14 @@ nlohmann::ordered_json request_json(const GenerateRequest& r) {
     else if (o.number && (r.*o.number != d.*o.number || o.enables)) j[o.key] = r.*o.number;
     else if (o.flag && r.*o.flag != d.*o.flag) j[o.key] = r.*o.flag;
     else if (o.list && r.*o.list != d.*o.list) j[o.key] = r.*o.list;
+  }
+  if (!r.prompts.empty()) {
+    nlohmann::ordered_json prompts = nlohmann::ordered_json::array();
+    for (const auto& e : r.prompts) {
+      if (e.tiles == 1) prompts.push_back(e.prompt);
+      else prompts.push_back({{"prompt", e.prompt}, {"tiles", e.tiles}});
+    }
+    j["prompts"] = prompts;
   }
   if (!r.regions.empty()) {
     nlohmann::ordered_json regions = nlohmann::ordered_json::array();

@@ -28,6 +28,7 @@ struct RequestOption {
     LayerScale,  // "L,L:lambda" (layers and one factor)
     Regions,     // job key "regions": [{"box": [x0, y0, x1, y1], "prompt": ...}, {"mask": FILE, "prompt": ...}];
                  // CLI --region X0,Y0,X1,Y1:PROMPT and --region-mask FILE:PROMPT, repeatable
+    Prompts,     // job key "prompts": ["...", {"prompt": "...", "tiles": N}]; CLI: --prompt repeated, --prompts-file
     Flag,        // a CLI flag without value; true/false in a job file
   };
   std::string key;         // job key, e.g. "negative_prompt"

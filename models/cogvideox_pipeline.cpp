@@ -14,7 +14,9 @@
 #include "models/t5_encoder.h"
 #include "models/t5_tokenizer.h"
 #include "samplers/cogvideox_schedulers.h"
+#include "controls/kv_share.h"
 #include "samplers/guidance.h"
+#include "samplers/prompt_schedule.h"
 
 namespace mmdit {
 namespace fs = std::filesystem;
@@ -32,6 +34,11 @@ class CogVideoXPipeline : public Pipeline {
 
  private:
   at::Tensor encode(const std::string& prompt, int max_sequence_length);
+  // A multi-prompt video (samplers/prompt_schedule.h): the tiles' schedule, and the sampler.
+  PromptSchedule schedule(const GenerateRequest& r) const;
+  Video generate_multiprompt(const GenerateRequest& r, const std::function<void(int, int)>& step);
+  // Latents [1, F, C, h, w] to frames (VAE decode, uint8).
+  Video decode(at::Tensor latents, const GenerateRequest& r);
   ModelShape shape() const;
 
   std::string name_;
@@ -89,6 +96,26 @@ void CogVideoXPipeline::resolve(GenerateRequest& r) const {
   if (r.shift > 0) throw UsageError("--shift: CogVideoX's schedulers have no shift");
   if (r.dtype.empty()) r.dtype = short_dtype_name(dtype_);
   make_controls(r, shape());  // every control flag checked against this model before anything runs
+  if (check_multiprompt(r, shape())) {
+    if (c.patch_size_t) throw UsageError("--prompt given several times: multi-prompt video is not yet supported on "
+                                         "CogVideoX 1.5 (temporal patches)");
+    schedule(r);  // the overlap against the tile
+    KvShareWindow w;
+    if (!r.kv_share_steps.empty()) parse_kv_share_steps(r.kv_share_steps, r.steps, w);
+    GenerateRequest plain = r;
+    plain.prompts.clear(), plain.overlap = -1, plain.transition_tiles = 2, plain.kv_share_layers.clear();
+    plain.kv_share_steps.clear(), plain.no_kv_share = false;
+    if (!make_controls(plain, shape()).empty())
+      throw UsageError("--prompt given several times: a multi-prompt video does not take other attention controls "
+                       "or guidance branches yet");
+  }
+}
+
+PromptSchedule CogVideoXPipeline::schedule(const GenerateRequest& r) const {
+  const int64_t tile = (r.frames - 1) / vae_->config().temporal_compression_ratio + 1;
+  std::vector<int> holds;
+  for (const auto& e : r.prompts) holds.push_back(e.tiles);
+  return make_prompt_schedule(holds, tile, r.overlap >= 0 ? r.overlap : default_overlap(tile), r.transition_tiles);
 }
 
 at::Tensor CogVideoXPipeline::encode(const std::string& prompt, int max_len) {
@@ -109,6 +136,7 @@ ModelShape CogVideoXPipeline::shape() const {
 std::vector<Video> CogVideoXPipeline::generate_video(const GenerateRequest& r, const std::function<void(int, int)>& step) {
   torch::NoGradGuard no_grad;
   fused::set_mode(r.no_fused ? fused::Mode::Off : fused::Mode::Auto);
+  if (check_multiprompt(r, shape())) return {generate_multiprompt(r, step)};
   const auto& tc = transformer_->config();
   const bool cfg = r.cfg > 1.0;
   at::Tensor embeds = encode(r.prompt, r.max_sequence_length), neg_embeds;
@@ -166,8 +194,13 @@ std::vector<Video> CogVideoXPipeline::generate_video(const GenerateRequest& r, c
     latents = latents.to(dtype_);
     if (step) step(i + 1, r.steps);
   }
-  latents = latents.narrow(1, additional, latents.size(1) - additional).permute({0, 2, 1, 3, 4});
-  latents = (1 / vae_->config().scaling_factor) * latents;
+  Video out = decode(latents.narrow(1, additional, latents.size(1) - additional), r);
+  guidance.end(out.frames);
+  return {out};
+}
+
+Video CogVideoXPipeline::decode(at::Tensor latents, const GenerateRequest& r) {
+  latents = (1 / vae_->config().scaling_factor) * latents.permute({0, 2, 1, 3, 4});
   CogVideoXTiling tiling;
   at::Tensor video = vae_->decode(latents, r.vae_tiling ? &tiling : nullptr);  // [1, C, F, H, W]
   // VideoProcessor.postprocess_video(output_type="np"), then x 255 rounded.
@@ -175,8 +208,87 @@ std::vector<Video> CogVideoXPipeline::generate_video(const GenerateRequest& r, c
   Video out;
   out.fps = r.fps;
   out.frames = images_from_u8(u8[0].permute({1, 2, 3, 0}));  // [F, H, W, C]
-  guidance.end(out.frames);
-  return {out};
+  return out;
+}
+
+Video CogVideoXPipeline::generate_multiprompt(const GenerateRequest& r, const std::function<void(int, int)>& step) {
+  const auto& tc = transformer_->config();
+  const bool cfg = r.cfg > 1.0;
+  const PromptSchedule plan = schedule(r);
+  const int64_t T = plan.tile, L = plan.latent_frames(), s = vae_->config().spatial_scale();
+  // The text condition of each tile: its prompts' T5 embeddings mixed linearly (transition tiles).
+  std::vector<at::Tensor> prompt_embeds;
+  for (const auto& e : r.prompts) prompt_embeds.push_back(encode(e.prompt, r.max_sequence_length));
+  std::vector<at::Tensor> conds;
+  for (const PromptTile& t : plan.tiles)
+    conds.push_back(((1 - t.weight) * prompt_embeds[size_t(t.first)].to(at::kFloat) +
+                     t.weight * prompt_embeds[size_t(t.second)].to(at::kFloat)).to(dtype_));
+  at::Tensor neg = cfg ? encode(r.negative_prompt, r.max_sequence_length) : at::Tensor();
+  if (device_.is_cuda()) t5_.reset();
+
+  CogVideoXScheduler sched(CogVideoXSchedulerConfig::from_json(scheduler_config_));
+  sched.set_timesteps(r.steps);
+  // One long noise tensor: adjacent tiles share their overlapping frames.
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
+  at::Tensor latents =
+      at::randn({1, L, tc.in_channels, r.height / s, r.width / s}, gen, at::TensorOptions().dtype(dtype_)).to(device_);
+  std::optional<std::pair<at::Tensor, at::Tensor>> rope;
+  if (tc.use_rotary_positional_embeddings) rope = cogvideox_rotary_embeddings(tc, r.height, r.width, T, s);
+  const at::Tensor weights = tile_weights(T).to(device_).view({1, T, 1, 1, 1});
+
+  KvShareWindow window = default_kv_share(int(tc.num_layers), r.steps);
+  if (!r.kv_share_layers.empty()) window.layers = r.kv_share_layers;
+  if (!r.kv_share_steps.empty()) parse_kv_share_steps(r.kv_share_steps, r.steps, window);
+  std::unique_ptr<Control> kv = make_kv_share(window.layers, window.first_step, window.last_step);
+
+  at::Tensor old_x0;
+  const int64_t pairs = int64_t(plan.tiles.size()) - 1;
+  for (int i = 0; i < r.steps; ++i) {
+    const int64_t t = sched.timesteps()[size_t(i)];
+    double g = r.cfg;
+    if (r.dynamic_cfg) g = 1 + r.cfg * ((1 - std::cos(M_PI * std::pow(double(r.steps - t) / double(r.steps), 5.0))) / 2);
+    // Every adjacent tile pair as [source, target] in each branch; the tiles' predictions blended per frame.
+    at::Tensor v_sum = at::zeros({1, L, latents.size(2), latents.size(3), latents.size(4)},
+                                 latents.options().dtype(at::kFloat));
+    at::Tensor w_sum = at::zeros({1, L, 1, 1, 1}, v_sum.options());
+    for (int64_t k = 0; k < pairs; ++k) {
+      const at::Tensor xs = latents.narrow(1, plan.begin(size_t(k)), T), xt = latents.narrow(1, plan.begin(size_t(k + 1)), T);
+      ControlContext ctx;
+      ctx.model = shape();
+      ctx.step = i, ctx.num_steps = r.steps, ctx.timestep = double(t);
+      ctx.pairs = true;
+      if (!r.no_kv_share) ctx.controls = {kv.get()};
+      at::Tensor x, emb;
+      if (cfg) {
+        ctx.rows = {{Branch::Uncond, 0, 0.0, 0, 2}, {Branch::Cond, 0, 0.0, 2, 4}};
+        x = at::cat({xs, xt, xs, xt});
+        emb = at::cat({neg, neg, conds[size_t(k)], conds[size_t(k + 1)]});
+      } else {
+        ctx.rows = {{Branch::Cond, 0, 0.0, 0, 2}};
+        x = at::cat({xs, xt});
+        emb = at::cat({conds[size_t(k)], conds[size_t(k + 1)]});
+      }
+      at::Tensor ts = at::full({x.size(0)}, t, at::TensorOptions().dtype(at::kLong).device(device_));
+      at::Tensor out = transformer_->forward(x, emb, ts, rope, std::nullopt, &ctx).to(at::kFloat);
+      at::Tensor pred = cfg ? out.narrow(0, 0, 2) + g * (out.narrow(0, 2, 2) - out.narrow(0, 0, 2)) : out;
+      for (int64_t j = 0; j < 2; ++j) {
+        const int64_t b = plan.begin(size_t(k + j));
+        v_sum.narrow(1, b, T).add_(weights * pred.narrow(0, j, 1));
+        w_sum.narrow(1, b, T).add_(weights);
+      }
+    }
+    const at::Tensor pred = v_sum / w_sum;
+    if (r.sampler == "dpm") {
+      auto o = sched.step_dpm(pred, old_x0, latents, i, gen);
+      latents = o.prev_sample;
+      old_x0 = o.pred_original_sample;
+    } else {
+      latents = sched.step_ddim(pred, latents, i).prev_sample;
+    }
+    latents = latents.to(dtype_);
+    if (step) step(i + 1, r.steps);
+  }
+  return decode(latents, r);
 }
 
 std::vector<Image> CogVideoXPipeline::generate(const GenerateRequest& r, const std::function<void(int, int)>& step) {

@@ -72,6 +72,19 @@ struct GenerateRequest {
   int frames = 0, fps = 0, crf = 18;
   std::string sampler;  // "ddim" or "dpm" (default: the model's scheduler class)
   bool dynamic_cfg = false, vae_tiling = false;
+  // Multi-prompt video (DiTCtrl; samplers/prompt_schedule.h): the prompts in order, each held for `tiles` tiles.
+  // Empty: one prompt (`prompt`). `prompt` is the first entry's.
+  struct PromptEntry {
+    std::string prompt;
+    int tiles = 1;
+    bool operator==(const PromptEntry& o) const { return prompt == o.prompt && tiles == o.tiles; }
+  };
+  std::vector<PromptEntry> prompts;
+  int overlap = -1;           // latent frames shared by adjacent tiles; -1: about 70% of a tile (DiTCtrl's 9 of 13)
+  int transition_tiles = 2;   // tiles between two prompts, with linearly interpolated text conditions
+  std::vector<int> kv_share_layers;  // layers where a tile attends to the previous tile's K/V; empty: the default
+  std::string kv_share_steps;        // "FIRST-LAST" steps (0-based, inclusive); empty: the default
+  bool no_kv_share = false;
 };
 
 // One generated video: its frames in order and the frame rate to play them at.

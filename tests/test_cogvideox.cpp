@@ -7,10 +7,12 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "core/errors.h"
 #include "core/image_io.h"
 #include "core/safetensors.h"
 #include "models/cogvideox_transformer.h"
 #include "models/fused_ops.h"
+#include "samplers/prompt_schedule.h"
 #include "models/cogvideox_vae.h"
 #include "samplers/cogvideox_schedulers.h"
 #include "tests/test_tensors.h"
@@ -194,6 +196,110 @@ TEST(CogVideoXPipeline, FramesNotFourKPlusOneIsAUsageError) {
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   EXPECT_NE(r.err.find("--frames 10"), std::string::npos) << r.err;
   EXPECT_TRUE(fs::is_empty(dir));
+}
+
+// Multi-prompt video (samplers/prompt_schedule.h): three prompts give the frame count of the tile formula on the
+// tiny 2B (sin-cos positions) and 5B (RoPE, DPM) models, and a one-line prompts file gives the plain video exactly.
+TEST(CogVideoXPipeline, MultiPromptFramesFollowTheTileFormula) {
+  for (const std::string m : {"tiny-cogvideox-2b", "tiny-cogvideox-5b"}) {
+    SCOPED_TRACE(m);
+    auto dir = test::temp_dir("cogvideox_multi_" + m);
+    const std::string common = "generate -q --model " + (kDir / m).string() +
+                               " --steps 3 --frames 9 --max-sequence-length 16 --seed 5 --cfg 6 ";
+    auto r = test::run_mmdit(common + "--prompt 'a red circle' --prompt 'a blue square' --prompt 'a green star' --output " +
+                                 (dir / "m_%03d.png").string(),
+                             "multi");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    // 9 frames = 3 latent frames a tile, overlap round(3 * 9 / 13) = 2, 3 + 2 * 2 = 7 tiles: 3 + 6 * 1 = 9 latent
+    // frames, (9 - 1) * 4 + 1 = 33 frames.
+    EXPECT_EQ(make_prompt_schedule({1, 1, 1}, 3, default_overlap(3), 2).latent_frames(), 9);
+    EXPECT_TRUE(fs::exists(dir / "m_032.png"));
+    EXPECT_FALSE(fs::exists(dir / "m_033.png"));
+    // --overlap 1 --transition-tiles 1: 5 tiles of stride 2, 11 latent frames, 41 frames.
+    r = test::run_mmdit(common + "--prompt a --prompt b --prompt c --overlap 1 --transition-tiles 1 --output " +
+                            (dir / "o_%03d.png").string(),
+                        "multi_overlap");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(fs::exists(dir / "o_040.png"));
+    EXPECT_FALSE(fs::exists(dir / "o_041.png"));
+    // One prompt in a prompts file: today's video, bit for bit.
+    { std::ofstream(dir / "one.txt") << "a red circle\n"; }
+    ASSERT_EQ(test::run_mmdit(common + "--prompt 'a red circle' --output " + (dir / "p_%03d.png").string(), "plain").exit_code, 0);
+    r = test::run_mmdit(common + "--prompts-file " + (dir / "one.txt").string() + " --output " + (dir / "q_%03d.png").string(),
+                        "one_prompt_file");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    for (int i = 0; i < 9; ++i) {
+      char a[32], b[32];
+      std::snprintf(a, sizeof a, "p_%03d.png", i);
+      std::snprintf(b, sizeof b, "q_%03d.png", i);
+      EXPECT_EQ(max_pixel_diff(read_png(dir / a), read_png(dir / b)), 0) << a;
+    }
+  }
+}
+
+TEST(CogVideoXPipeline, MultiPromptTilesAndWeights) {
+  // DiTCtrl's defaults: 3 prompts, 2 transition tiles, tiles of 13 with overlap 9 -> 7 tiles, 37 latent frames.
+  PromptSchedule s = make_prompt_schedule({1, 1, 1}, 13, default_overlap(13), 2);
+  EXPECT_EQ(default_overlap(13), 9);
+  ASSERT_EQ(s.tiles.size(), 7u);
+  EXPECT_EQ(s.latent_frames(), 37);
+  EXPECT_NEAR(s.tiles[1].weight, 1.0 / 3.0, 1e-12);
+  EXPECT_EQ(s.tiles[2].first, 0);
+  EXPECT_EQ(s.tiles[2].second, 1);
+  EXPECT_EQ(s.tiles[3].first, 1);
+  EXPECT_EQ(s.tiles[3].weight, 0.0);
+  // A prompt held for 2 tiles.
+  EXPECT_EQ(make_prompt_schedule({2, 1}, 13, 9, 2).tiles.size(), 5u);
+  // Triangular weights: min(2(f + 1/2)/T, 2 - 2(f + 1/2)/T).
+  at::Tensor w = tile_weights(13);
+  EXPECT_NEAR(w[0].item<float>(), 1.0 / 13.0, 1e-7);
+  EXPECT_NEAR(w[6].item<float>(), 1.0, 1e-7);
+  EXPECT_NEAR(w[12].item<float>(), 1.0 / 13.0, 1e-7);
+  // K/V sharing defaults: DiTCtrl's 2B values, scaled for the 5B's 42 layers.
+  KvShareWindow kv = default_kv_share(30, 50);
+  EXPECT_EQ(kv.layers, std::vector<int>({25, 26, 27, 28, 29}));
+  EXPECT_EQ(kv.first_step, 2);
+  EXPECT_EQ(kv.last_step, 24);
+  EXPECT_EQ(default_kv_share(42, 50).layers.front(), 35);
+  EXPECT_THROW(make_prompt_schedule({1, 1}, 3, 3, 2), UsageError);
+}
+
+TEST(CogVideoXPipeline, BadMultiPromptInputExitsTwo) {
+  auto dir = test::temp_dir("cogvideox_multi_bad");
+  const std::string model = " --model " + (kDir / "tiny-cogvideox-2b").string() + " --frames 9 --max-sequence-length 16 ";
+  { std::ofstream(dir / "blank.txt") << "\n  \n"; }
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"generate -q" + model + "--prompt a --prompt b --overlap 3", "--overlap 3"},
+      {"generate -q" + model + "--prompt a --prompt ''", "empty prompt"},
+      {"generate -q --prompt a --prompt b", "needs a video model"},
+      {"generate -q" + model + "--prompt a --overlap 1", "only for a multi-prompt video"},
+      {"generate -q" + model + "--prompt a --prompt b --kv-share-layers 9", "--kv-share-layers"},
+      {"generate -q" + model + "--prompt a --prompt b --kv-share-steps 5-2", "--kv-share-steps"},
+      {"generate -q" + model + "--prompts-file " + (dir / "blank.txt").string(), "no prompts"},
+  };
+  for (const auto& [args, expect] : cases) {
+    auto r = test::run_mmdit(args + " --output " + (dir / "f_%03d.png").string(), "multi_bad");
+    EXPECT_EQ(r.exit_code, 2) << args << ": " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find(expect), std::string::npos) << args << ": " << r.err;
+  }
+  for (const auto& e : fs::directory_iterator(dir)) EXPECT_EQ(e.path().filename(), "blank.txt");
+  // Job files: "prompts" stands for "prompt"; strings or {"prompt", "tiles"}; not both keys; no empty entry.
+  const nlohmann::json base = {{"model", (kDir / "tiny-cogvideox-2b").string()}, {"frames", 9}, {"steps", 2},
+                               {"max_sequence_length", 16}, {"output", "v.mp4"}};
+  nlohmann::json ok = base, both = base, empty = base;
+  ok["prompts"] = {"a red circle", {{"prompt", "a blue square"}, {"tiles", 2}}};
+  both["prompts"] = {"a", "b"}, both["prompt"] = "a";
+  empty["prompts"] = {"a", " "};
+  auto jobs_dir = test::temp_dir("cogvideox_multi_jobs");
+  const std::vector<std::pair<nlohmann::json, std::string>> jobs = {
+      {ok, ""}, {both, "jobs[0].prompts: give either"}, {empty, "jobs[0].prompts[1]: empty prompt"}};
+  for (const auto& [job, expect] : jobs) {
+    { std::ofstream(jobs_dir / "j.json") << nlohmann::json({{"jobs", {job}}}).dump(); }
+    auto r = test::run_mmdit("run --check " + (jobs_dir / "j.json").string(), "multi_jobs");
+    EXPECT_EQ(r.exit_code, expect.empty() ? 0 : 2) << r.err;
+    if (!expect.empty()) EXPECT_NE(r.err.find(expect), std::string::npos) << r.err;
+  }
 }
 
 // A user's --output is a file-name pattern, never a printf format: "%s" once crashed mmdit in snprintf.

@@ -421,6 +421,7 @@ TEST(Jobs, SchemaHasAKeyForEveryGenerateOption) {
   for (std::string f : flags) {
     std::replace(f.begin(), f.end(), '-', '_');
     if (f == "region" || f == "region_mask") f = "regions";
+    if (f == "prompts_file") f = "prompts";  // --prompt repeated or --prompts-file: the job key "prompts"
     EXPECT_TRUE(props.contains(f)) << "generate --" << f << " has no job key";
   }
   // ...and every job key but the seed expansion ones is a generate flag.
@@ -429,6 +430,10 @@ TEST(Jobs, SchemaHasAKeyForEveryGenerateOption) {
     if (f == "seeds" || f == "count") continue;
     if (f == "regions") {
       EXPECT_TRUE(flags.count("region") && flags.count("region-mask"));
+      continue;
+    }
+    if (f == "prompts") {
+      EXPECT_TRUE(flags.count("prompt") && flags.count("prompts-file"));
       continue;
     }
     std::replace(f.begin(), f.end(), '_', '-');

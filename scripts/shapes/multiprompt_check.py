@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""The effect test of a multi-prompt video on the demo video model (frames of `mmdit generate` with two prompts):
+the first frame shows the first prompt's object, the last frame the second prompt's (by the shapes checker's
+detector), and the video changes gradually: no frame-to-frame step larger than half of the change from the first
+frame to the last (a hard cut between two clips makes one step of all of it). Prints one JSON line; exit 1 unless
+all three hold.
+
+    multiprompt_check.py 'FRAMES_%03d.png' N "colour shape" "colour shape"
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import checker  # noqa: E402
+
+
+def shows(frame, want):
+    colour, shape = want.split()
+    return any(o["colour"] == colour and o["shape"] == shape for o in checker.detect(frame))
+
+
+def main():
+    pattern, n, first, last = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    frames = [np.asarray(Image.open(pattern % i).convert("RGB")).astype(np.float64) for i in range(n)]
+    total = np.abs(frames[-1] - frames[0]).mean()
+    steps = [np.abs(frames[i + 1] - frames[i]).mean() for i in range(n - 1)]
+    result = {"starts_on_first": shows(frames[0], first), "ends_on_second": shows(frames[-1], last),
+              "largest_step_share": round(max(steps) / total, 3) if total > 0 else None}
+    result["ok"] = bool(result["starts_on_first"] and result["ends_on_second"] and total > 0 and
+                        result["largest_step_share"] <= 0.5)
+    print(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
