@@ -23,6 +23,21 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The CFG scale at timestep t: constant, or the pipeline's use_dynamic_cfg formula with the integer timestep.
+double guidance_scale(const GenerateRequest& r, int64_t t) {
+  if (!r.dynamic_cfg) return r.cfg;
+  return 1 + r.cfg * ((1 - std::cos(M_PI * std::pow(double(r.steps - t) / double(r.steps), 5.0))) / 2);
+}
+
+// One DDIM or DPM step of the latents; DPM keeps its previous x0 prediction in old_x0.
+at::Tensor scheduler_step(const CogVideoXScheduler& sched, const std::string& sampler, const at::Tensor& pred,
+                          at::Tensor& old_x0, const at::Tensor& latents, int i, at::Generator& gen) {
+  if (sampler != "dpm") return sched.step_ddim(pred, latents, i).prev_sample;
+  auto out = sched.step_dpm(pred, old_x0, latents, i, gen);
+  old_x0 = out.pred_original_sample;
+  return out.prev_sample;
+}
+
 class CogVideoXPipeline : public Pipeline {
  public:
   CogVideoXPipeline(const GenerateRequest& r, const ModelInfo& m);
@@ -171,9 +186,7 @@ std::vector<Video> CogVideoXPipeline::generate_video(const GenerateRequest& r, c
   at::Tensor old_x0;
   for (int i = 0; i < r.steps; ++i) {
     const int64_t t = sched.timesteps()[size_t(i)];
-    double g = r.cfg;
-    if (r.dynamic_cfg)  // the pipeline's use_dynamic_cfg formula, with the integer timestep
-      g = 1 + r.cfg * ((1 - std::cos(M_PI * std::pow(double(r.steps - t) / double(r.steps), 5.0))) / 2);
+    const double g = guidance_scale(r, t);
     at::Tensor pred;
     if (guidance.zero_step(i)) {
       pred = at::zeros_like(latents, at::kFloat);
@@ -184,14 +197,7 @@ std::vector<Video> CogVideoXPipeline::generate_video(const GenerateRequest& r, c
       at::Tensor out = transformer_->forward(x, Guidance::by_branch(ctx, embeds, neg_embeds), ts, rope, std::nullopt, &ctx);
       pred = guidance.combine(out.to(at::kFloat), ctx, g);
     }
-    if (r.sampler == "dpm") {
-      auto out = sched.step_dpm(pred, old_x0, latents, i, gen);
-      latents = out.prev_sample;
-      old_x0 = out.pred_original_sample;
-    } else {
-      latents = sched.step_ddim(pred, latents, i).prev_sample;
-    }
-    latents = latents.to(dtype_);
+    latents = scheduler_step(sched, r.sampler, pred, old_x0, latents, i, gen).to(dtype_);
     if (step) step(i + 1, r.steps);
   }
   Video out = decode(latents.narrow(1, additional, latents.size(1) - additional), r);
@@ -245,8 +251,7 @@ Video CogVideoXPipeline::generate_multiprompt(const GenerateRequest& r, const st
   const int64_t pairs = int64_t(plan.tiles.size()) - 1;
   for (int i = 0; i < r.steps; ++i) {
     const int64_t t = sched.timesteps()[size_t(i)];
-    double g = r.cfg;
-    if (r.dynamic_cfg) g = 1 + r.cfg * ((1 - std::cos(M_PI * std::pow(double(r.steps - t) / double(r.steps), 5.0))) / 2);
+    const double g = guidance_scale(r, t);
     // Every adjacent tile pair as [source, target] in each branch; the tiles' predictions blended per frame.
     at::Tensor v_sum = at::zeros({1, L, latents.size(2), latents.size(3), latents.size(4)},
                                  latents.options().dtype(at::kFloat));
@@ -278,14 +283,7 @@ Video CogVideoXPipeline::generate_multiprompt(const GenerateRequest& r, const st
       }
     }
     const at::Tensor pred = v_sum / w_sum;
-    if (r.sampler == "dpm") {
-      auto o = sched.step_dpm(pred, old_x0, latents, i, gen);
-      latents = o.prev_sample;
-      old_x0 = o.pred_original_sample;
-    } else {
-      latents = sched.step_ddim(pred, latents, i).prev_sample;
-    }
-    latents = latents.to(dtype_);
+    latents = scheduler_step(sched, r.sampler, pred, old_x0, latents, i, gen).to(dtype_);
     if (step) step(i + 1, r.steps);
   }
   return decode(latents, r);

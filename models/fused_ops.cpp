@@ -25,6 +25,16 @@ bool use_kernels(const at::Tensor& x) {
 #if MMDIT_HAVE_FUSED_KERNELS
 void* stream_of(const at::Tensor& x) { return c10::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
 
+// Whether the kernels take these modulation rows for x [B, N, C]: [B, C] each, unit column stride, one batch
+// stride for all (chunks of one adaLN output), x's dtype.
+bool modulation_rows_ok(const std::vector<at::Tensor>& mods, const at::Tensor& x) {
+  for (const at::Tensor& t : mods)
+    if (t.dim() != 2 || t.stride(1) != 1 || t.stride(0) != mods[0].stride(0) || t.size(1) != x.size(2) ||
+        t.scalar_type() != x.scalar_type() || t.size(0) != x.size(0))
+      return false;
+  return true;
+}
+
 bool kernel_dtype(at::ScalarType t, kernels::DType& out) {
   switch (t) {
     case at::kFloat: out = kernels::DType::F32; return true;
@@ -121,10 +131,7 @@ std::pair<at::Tensor, at::Tensor> ln_modulate(const at::Tensor& x, const at::Ten
             (!y.defined() || (y.is_contiguous() && y.sizes() == x.sizes() && y.scalar_type() == x.scalar_type())) &&
             (!ln_w.defined() || (ln_w.is_contiguous() && ln_w.scalar_type() == x.scalar_type())) &&
             (!ln_b.defined() || (ln_b.is_contiguous() && ln_b.scalar_type() == x.scalar_type()));
-  for (const at::Tensor& t : mods)
-    ok = ok && t.dim() == 2 && t.stride(1) == 1 && t.stride(0) == mods[0].stride(0) && t.size(1) == x.size(2) &&
-         t.scalar_type() == x.scalar_type() && (t.size(0) == x.size(0) || (x.size(0) == 1 && t.size(0) == 1));
-  if (ok) {
+  if (ok && modulation_rows_ok(mods, x)) {
     kernels::LnModArgs a;
     a.dtype = dt;
     a.rows = x.size(0) * x.size(1);
@@ -232,10 +239,7 @@ bool residual_kernel(const at::Tensor& x, const Modulation& m, const at::Tensor&
   const bool text = m.split > 0;
   bool ok = use_kernels(x) && kernel_dtype(x.scalar_type(), dt) && x.dim() == 3 && x.is_contiguous() &&
             y.is_contiguous() && y.sizes() == x.sizes() && y.scalar_type() == x.scalar_type() && out.is_contiguous();
-  for (const at::Tensor* g : {&m.gate, text ? &m.text_gate : &m.gate})
-    ok = ok && g->dim() == 2 && g->stride(1) == 1 && g->stride(0) == m.gate.stride(0) && g->size(1) == x.size(2) &&
-         g->scalar_type() == x.scalar_type() && g->size(0) == x.size(0);
-  if (!ok) return false;
+  if (!ok || !modulation_rows_ok({m.gate, text ? m.text_gate : m.gate}, x)) return false;
   kernels::ResidualArgs a;
   a.dtype = dt;
   a.rows = x.size(0) * x.size(1);
