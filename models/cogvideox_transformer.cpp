@@ -122,8 +122,7 @@ struct CogAttention : torch::nn::Module {
   at::Tensor forward_fused(const at::Tensor& h, int64_t T, const std::optional<std::pair<at::Tensor, at::Tensor>>& rope,
                            AttentionDesc desc) {
     if (!qkv_w.defined()) {
-      qkv_w = fused::fuse_rows({&to_q->weight, &to_k->weight, &to_v->weight});
-      qkv_b = fused::fuse_rows({&to_q->bias, &to_k->bias, &to_v->bias});
+      std::tie(qkv_w, qkv_b) = fused::fuse_linears(to_q, to_k, to_v);
     }
     const int64_t batch = h.size(0), L = h.size(1);
     at::Tensor qkv = at::linear(h, qkv_w, nn::opt(qkv_b));

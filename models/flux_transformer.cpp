@@ -104,11 +104,9 @@ struct FluxAttention : torch::nn::Module {
   std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, const at::Tensor& cos,
                                                   const at::Tensor& sin, AttentionDesc desc) {
     if (!qkv_w.defined()) {
-      qkv_w = fused::fuse_rows({&to_q->weight, &to_k->weight, &to_v->weight});
-      qkv_b = fused::fuse_rows({&to_q->bias, &to_k->bias, &to_v->bias});
+      std::tie(qkv_w, qkv_b) = fused::fuse_linears(to_q, to_k, to_v);
       if (!add_q_proj.is_empty()) {
-        add_qkv_w = fused::fuse_rows({&add_q_proj->weight, &add_k_proj->weight, &add_v_proj->weight});
-        add_qkv_b = fused::fuse_rows({&add_q_proj->bias, &add_k_proj->bias, &add_v_proj->bias});
+        std::tie(add_qkv_w, add_qkv_b) = fused::fuse_linears(add_q_proj, add_k_proj, add_v_proj);
       }
     }
     const int64_t batch = x.size(0), n_txt = ctx.defined() ? ctx.size(1) : 0, n = x.size(1) + n_txt;

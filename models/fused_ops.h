@@ -84,5 +84,10 @@ void add_residual_(at::Tensor& x, const Modulation& m, const at::Tensor& y);
 // Concatenates parameters along dim 0 into one tensor and turns each into a view of it (no second copy
 // stays alive): one GEMM for Q, K and V. Returns an undefined tensor when any is undefined.
 at::Tensor fuse_rows(const std::vector<at::Tensor*>& params);
+// fuse_rows of the weights and of the biases of linear layers (module holders with weight and bias): {weight, bias}.
+template <class... Linear>
+std::pair<at::Tensor, at::Tensor> fuse_linears(Linear&... layers) {
+  return {fuse_rows({&layers->weight...}), fuse_rows({&layers->bias...})};
+}
 
 }  // namespace mmdit::fused
