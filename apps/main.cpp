@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include "apps/commands.h"
+#include "apps/launch.h"
 #include "core/errors.h"
 #include "core/log.h"
 
@@ -29,6 +30,7 @@ int report(const std::string& message, int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  mmdit::set_process_args(argc, argv);
   CLI::App app{"mmdit: MM-DiT diffusion (SD3/3.5, FLUX.1, CogVideoX) with attention controls"};
   app.name("mmdit");
   app.require_subcommand(1);

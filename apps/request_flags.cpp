@@ -1,5 +1,6 @@
 #include "apps/request_flags.h"
 
+#include <cstdlib>
 #include <limits>
 #include <random>
 
@@ -103,7 +104,11 @@ GenerateRequest& complete_request(RequestFlags& f) {
   if (f.req.prompt.empty() && f.prompt_list.empty() && f.prompts_file.empty())
     throw UsageError("--prompt is required");
   if (f.req.model.empty()) f.req.model = builtin_model();
-  if (!f.seed_given) f.req.seed = std::random_device{}() & 0xffffffffu;
+  if (!f.seed_given) {
+    // A worker of a generation over several devices takes the seed its launcher drew (apps/launch.h).
+    const char* drawn = std::getenv("MMDIT_SEED");
+    f.req.seed = drawn && *drawn ? std::strtoull(drawn, nullptr, 10) : std::random_device{}() & 0xffffffffu;
+  }
   return f.req;
 }
 

@@ -8,6 +8,7 @@
 
 #include "controls/control.h"
 #include "core/errors.h"
+#include "core/parallel.h"
 
 namespace mmdit {
 
@@ -58,6 +59,8 @@ at::Tensor lse_rows(const at::Tensor& lse, const at::Tensor& q) {
 
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionDesc& desc,
                      const std::optional<at::Tensor>& mask, double scale) {
+  // Ulysses (core/parallel.h): this rank's tokens -> every token of this rank's heads, and back.
+  if (!mask && ulysses_applies(desc)) return ulysses_attention(q, k, v, desc, scale);
   if (desc.controls && !mask && touched(desc)) return controlled_attention(q, k, v, desc, scale);
   // at::scaled_dot_product_attention picks flash / cuDNN / memory-efficient kernels on CUDA and the
   // fused CPU kernel otherwise; same call diffusers' AttnProcessor2_0 makes, so numerics match.

@@ -13,9 +13,11 @@ Verbosity g_verbosity = Verbosity::Normal;
 
 void init_logging(Verbosity v) {
   g_verbosity = v;
-  auto logger = spdlog::stderr_color_mt("mmdit");
-  logger->set_pattern("%^%l%$: %v");
-  spdlog::set_default_logger(logger);
+  if (!spdlog::get("mmdit")) {  // a second call (a worker turning quiet) only sets the level
+    auto logger = spdlog::stderr_color_mt("mmdit");
+    logger->set_pattern("%^%l%$: %v");
+    spdlog::set_default_logger(logger);
+  }
   spdlog::set_level(v == Verbosity::Quiet ? spdlog::level::warn
                     : v == Verbosity::Verbose ? spdlog::level::debug
                                               : spdlog::level::info);

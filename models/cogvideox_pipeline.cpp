@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "core/errors.h"
+#include "core/parallel.h"
 #include "models/fused_ops.h"
 #include "core/torch_util.h"
 #include "controls/control.h"
@@ -15,6 +16,7 @@
 #include "models/t5_tokenizer.h"
 #include "samplers/cogvideox_schedulers.h"
 #include "controls/kv_share.h"
+#include "samplers/cfg_parallel.h"
 #include "samplers/guidance.h"
 #include "samplers/prompt_schedule.h"
 
@@ -151,6 +153,9 @@ ModelShape CogVideoXPipeline::shape() const {
 std::vector<Video> CogVideoXPipeline::generate_video(const GenerateRequest& r, const std::function<void(int, int)>& step) {
   torch::NoGradGuard no_grad;
   fused::set_mode(r.no_fused ? fused::Mode::Off : fused::Mode::Auto);
+  // Several GPUs (core/parallel.h): the plan of this run, active while it generates.
+  const ParallelPlan plan = plan_parallel(world(), r.cfg > 1.0, shape().heads, name(), r);
+  const PlanScope plan_scope(&plan);
   if (check_multiprompt(r, shape())) return {generate_multiprompt(r, step)};
   const auto& tc = transformer_->config();
   const bool cfg = r.cfg > 1.0;
@@ -193,8 +198,10 @@ std::vector<Video> CogVideoXPipeline::generate_video(const GenerateRequest& r, c
     } else {
       const ControlContext ctx = guidance.context(i, r.steps, double(t), 1);
       at::Tensor x = Guidance::by_branch(ctx, latents, latents);
-      at::Tensor ts = at::full({x.size(0)}, t, at::TensorOptions().dtype(at::kLong).device(device_));
-      at::Tensor out = transformer_->forward(x, Guidance::by_branch(ctx, embeds, neg_embeds), ts, rope, std::nullopt, &ctx);
+      const BatchSplit split(ctx);  // CFG-parallel: this rank's rows (samplers/cfg_parallel.h)
+      at::Tensor ts = at::full({split.rows()}, t, at::TensorOptions().dtype(at::kLong).device(device_));
+      at::Tensor out = split.gather(transformer_->forward(split.take(x), split.take(Guidance::by_branch(ctx, embeds, neg_embeds)),
+                                                         ts, rope, std::nullopt, &split.context()));
       pred = guidance.combine(out.to(at::kFloat), ctx, g);
     }
     latents = scheduler_step(sched, r.sampler, pred, old_x0, latents, i, gen).to(dtype_);

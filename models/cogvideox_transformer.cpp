@@ -9,6 +9,7 @@
 #include "controls/control.h"
 #include "core/attention.h"
 #include "core/errors.h"
+#include "core/parallel.h"
 #include "core/torch_util.h"
 #include "core/model_folder.h"
 #include "core/weights.h"
@@ -429,6 +430,14 @@ at::Tensor CogVideoXTransformer::forward(const at::Tensor& hidden_states, const 
   at::Tensor h = patch_embed_->forward(encoder_hidden_states, hidden_states);
   const int64_t T = encoder_hidden_states.size(1);
   at::Tensor ctx = h.narrow(1, 0, T), x = h.narrow(1, T, h.size(1) - T);
+  // Ulysses (core/parallel.h): this rank's text and video tokens (and their rotary rows); attention exchanges
+  // them by heads.
+  const SequenceShards shards(x.size(1), T);
+  if (shards.active()) {
+    ctx = shards.text(ctx);
+    x = shards.image(x);
+    if (r) r = std::make_pair(shards.image(r->first, 0), shards.image(r->second, 0));
+  }
   AttentionDesc desc;
   desc.model = "cogvideox";
   desc.controls = controls;
@@ -446,7 +455,7 @@ at::Tensor CogVideoXTransformer::forward(const at::Tensor& hidden_states, const 
   }
   x = std::static_pointer_cast<nn::AffineLayerNormImpl>(norm_final_)->forward(x);
   x = norm_out_->forward(x, emb);
-  x = std::static_pointer_cast<nn::LinearImpl>(proj_out_)->forward(x);
+  x = shards.gather_image(std::static_pointer_cast<nn::LinearImpl>(proj_out_)->forward(x));
   if (c.patch_size_t == 0) {
     x = x.reshape({B, F, H / p, W / p, -1, p, p}).permute({0, 1, 4, 2, 5, 3, 6}).flatten(5, 6).flatten(3, 4);
   } else {

@@ -9,6 +9,7 @@
 #include "core/errors.h"
 #include "models/fused_ops.h"
 #include "core/log.h"
+#include "core/parallel.h"
 #include "core/torch_util.h"
 #include "core/weights.h"
 #include "models/clip_text.h"
@@ -21,6 +22,7 @@
 #include "controls/control.h"
 #include "controls/regional.h"
 #include "samplers/flow_match.h"
+#include "samplers/cfg_parallel.h"
 #include "samplers/guidance.h"
 
 namespace mmdit {
@@ -244,6 +246,9 @@ class FluxPipelineImpl : public Pipeline {
     at::Tensor timesteps = at::tensor(sched.timesteps(), at::kFloat).to(device_).to(dtype_) / 1000;
     // The guidance stage owns the batch: [negative], prompt, [base], one perturbed branch per guidance control.
     Guidance guidance(GuidanceConfig::from_request(r, true_cfg), make_controls(r, shape()), shape());
+    // Several GPUs (core/parallel.h): the plan of this run, active while it generates.
+    const ParallelPlan plan = plan_parallel(world(), true_cfg, shape().heads, name(), r);
+    const PlanScope plan_scope(&plan);
     GenerationInfo info;
     info.words = tok_t5_->word_tokens(r.prompt, r.max_sequence_length);  // T5's tokens are FLUX's text sequence
     if (edit) info.edit_tokens = edit_tokens(r);
@@ -267,9 +272,11 @@ class FluxPipelineImpl : public Pipeline {
           const bool regional = ctx.find(Branch::Base) != nullptr;
           at::Tensor text = regional ? Guidance::by_branch(ctx, regional_embeds, padded(ne), padded(e))
                                      : Guidance::by_branch(ctx, e, ne);
-          at::Tensor pred = transformer_->forward(x, text, Guidance::by_branch(ctx, p, np),
-                                                  timesteps[i].expand({x.size(0)}), img_ids,
-                                                  regional ? flux_text_ids(text.size(1), opts) : txt_ids, g, &ctx);
+          const BatchSplit split(ctx);  // CFG-parallel: this rank's rows (samplers/cfg_parallel.h)
+          at::Tensor pred = split.gather(transformer_->forward(
+              split.take(x), split.take(text), split.take(Guidance::by_branch(ctx, p, np)),
+              timesteps[i].expand({split.rows()}), img_ids, regional ? flux_text_ids(text.size(1), opts) : txt_ids,
+              split.take(g), &split.context()));
           v = guidance.combine(pred, ctx, r.cfg);
         }
         latents = sched.step(v, latents, i);

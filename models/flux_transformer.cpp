@@ -10,6 +10,7 @@
 #include "controls/control.h"
 #include "core/attention.h"
 #include "core/errors.h"
+#include "core/parallel.h"
 #include "core/torch_util.h"
 #include "core/model_folder.h"
 #include "core/weights.h"
@@ -353,12 +354,25 @@ at::Tensor FluxTransformer::forward(const at::Tensor& hidden_states, const at::T
   at::Tensor temb = time_text_embed_->forward(t, g, pooled);
   at::Tensor ctx = std::static_pointer_cast<nn::LinearImpl>(context_embedder_)->forward(encoder_hidden_states);
   auto [cos, sin] = rotary(at::cat({txt_ids, img_ids}, 0));
+  // Ulysses (core/parallel.h): this rank's text and image tokens (and their rotary rows); attention exchanges
+  // them by heads. The counts below are this rank's.
+  const SequenceShards shards(n_img, n_txt);
+  if (shards.active()) {
+    auto rows = [&](const at::Tensor& t) {
+      return at::cat({shards.text(t.narrow(0, 0, n_txt), 0), shards.image(t.narrow(0, n_txt, n_img), 0)}, 0);
+    };
+    cos = rows(cos);
+    sin = rows(sin);
+    x = shards.image(x);
+    ctx = shards.text(ctx);
+  }
+  const int64_t t_local = ctx.size(1), i_local = x.size(1);
 
   AttentionDesc desc;
   desc.model = "flux";
   desc.controls = controls;
-  desc.text = {0, n_txt};
-  desc.image = {n_txt, n_txt + n_img};
+  desc.text = {0, t_local};
+  desc.image = {t_local, t_local + i_local};
   const bool fast = fused::active(x);
   // The block-level hook at every block (double blocks are layers 0.., single blocks continue the count).
   for (int64_t i = 0; i < c.num_layers; ++i) {
@@ -376,15 +390,15 @@ at::Tensor FluxTransformer::forward(const at::Tensor& hidden_states, const at::T
     const BlockPlan plan = block_plan(controls, int(c.num_layers + i));
     if (plan.skip) continue;
     if (plan.text_scale != 1.0)
-      joint = at::cat({joint.narrow(1, 0, n_txt) * plan.text_scale, joint.narrow(1, n_txt, n_img)}, 1);
+      joint = at::cat({joint.narrow(1, 0, t_local) * plan.text_scale, joint.narrow(1, t_local, i_local)}, 1);
     desc.layer = int(c.num_layers + i);
     at::Tensor out = fast ? single_blocks_[i]->forward_fused(joint, temb, cos, sin, desc)
                           : single_blocks_[i]->forward(joint, temb, cos, sin, desc);
     joint = keep_input_rows(out, joint, plan);
   }
-  x = joint.narrow(1, n_txt, n_img);
+  x = joint.narrow(1, t_local, i_local);
   x = fast ? norm_out_->forward_fused(x.contiguous(), temb) : norm_out_->forward(x, temb);
-  return std::static_pointer_cast<nn::LinearImpl>(proj_out_)->forward(x);
+  return shards.gather_image(std::static_pointer_cast<nn::LinearImpl>(proj_out_)->forward(x));
 }
 
 // --- latent layout ------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "core/model_folder.h"
 #include "core/options.h"
+#include "core/parallel.h"
 #include "core/video_writer.h"
 #include "models/cogvideox_pipeline.h"
 #include "models/flux_pipeline.h"
@@ -163,8 +164,14 @@ void generate(GenerateRequest r) {
   if (!pipe->is_video() && (r.frames > 0 || r.fps > 0 || !r.sampler.empty() || r.dynamic_cfg || r.vae_tiling))
     throw UsageError("--frames/--fps/--sampler/--dynamic-cfg/--vae-tiling: " + pipe->name() + " is an image model");
   pipe->resolve(r);
+  // Over several devices (core/parallel.h), every rank generates and rank 0 writes.
+  const bool writes = !world().comm || world().comm->rank() == 0;
   if (pipe->is_video()) {
     Progress progress("denoise", r.steps);
+    if (!writes) {
+      pipe->generate_video(r, [&](int, int) { progress.step(); });
+      return;
+    }
     auto written = write_videos(r, *pipe, [&](int, int) { progress.step(); });
     progress.finish();
     for (const auto& path : written) std::printf("%s\n", path.c_str());
@@ -177,6 +184,7 @@ void generate(GenerateRequest r) {
   Progress progress("denoise", r.steps);
   auto images = pipe->generate(r, [&](int, int) { progress.step(); });
   progress.finish();
+  if (!writes) return;
   for (const auto& path : write_images(r, images, pipe->name())) std::printf("%s\n", path.c_str());
 }
 

@@ -9,6 +9,7 @@
 #include "core/errors.h"
 #include "models/fused_ops.h"
 #include "core/log.h"
+#include "core/parallel.h"
 #include "core/torch_util.h"
 #include "core/weights.h"
 #include "models/clip_text.h"
@@ -21,6 +22,7 @@
 #include "controls/control.h"
 #include "controls/regional.h"
 #include "samplers/flow_match.h"
+#include "samplers/cfg_parallel.h"
 #include "samplers/guidance.h"
 
 namespace mmdit {
@@ -307,6 +309,9 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
   at::Tensor timesteps = at::tensor(sched.timesteps(), at::kFloat).to(device_);
   // The guidance stage owns the batch: [uncond], cond, [base], one perturbed branch per guidance control.
   Guidance guidance(GuidanceConfig::from_request(r, cfg), make_controls(r, shape()), shape());
+  // Several GPUs (core/parallel.h): the plan of this run, active while it generates.
+  const ParallelPlan plan = plan_parallel(world(), cfg, shape().heads, name(), r);
+  const PlanScope plan_scope(&plan);
   GenerationInfo info;
   info.words = tok_l_->word_tokens(r.prompt, 77);  // CLIP-L's tokens lead SD3's text sequence
   if (edit) info.edit_tokens = edit_tokens(r);
@@ -327,8 +332,10 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
         at::Tensor x = Guidance::by_branch(ctx, latents, latents);
         at::Tensor text = ctx.find(Branch::Base) ? Guidance::by_branch(ctx, regional_embeds, padded(ne), padded(e))
                                                  : Guidance::by_branch(ctx, e, ne);
-        at::Tensor pred = transformer_->forward(x, text, Guidance::by_branch(ctx, p, np),
-                                                timesteps[i].expand({x.size(0)}), &ctx);
+        const BatchSplit split(ctx);  // CFG-parallel: this rank's rows (samplers/cfg_parallel.h)
+        at::Tensor pred = split.gather(transformer_->forward(split.take(x), split.take(text),
+                                                             split.take(Guidance::by_branch(ctx, p, np)),
+                                                             timesteps[i].expand({split.rows()}), &split.context()));
         v = guidance.combine(pred, ctx, r.cfg);
       }
       latents = sched.step(v, latents, i);

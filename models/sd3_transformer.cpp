@@ -10,6 +10,7 @@
 #include "controls/control.h"
 #include "core/attention.h"
 #include "core/errors.h"
+#include "core/parallel.h"
 #include "core/torch_util.h"
 #include "core/model_folder.h"
 #include "core/weights.h"
@@ -337,6 +338,10 @@ at::Tensor SD3Transformer::forward(const at::Tensor& hidden_states, const at::Te
   at::Tensor x = pos_embed_->forward(hidden_states).contiguous();
   at::Tensor temb = time_text_embed_->forward(timestep, pooled);
   at::Tensor ctx = std::static_pointer_cast<nn::LinearImpl>(context_embedder_)->forward(encoder_hidden_states);
+  // Ulysses (core/parallel.h): this rank's image and text tokens; attention exchanges them by heads.
+  const SequenceShards shards(x.size(1), ctx.size(1));
+  x = shards.image(x);
+  ctx = shards.text(ctx);
   AttentionDesc desc;
   desc.model = "sd3";
   desc.controls = controls;
@@ -352,7 +357,7 @@ at::Tensor SD3Transformer::forward(const at::Tensor& hidden_states, const at::Te
     ctx = keep_input_rows(ctx_out, ctx, plan);
   }
   x = fast ? norm_out_->forward_fused(x.contiguous(), temb) : norm_out_->forward(x, temb);
-  x = std::static_pointer_cast<nn::LinearImpl>(proj_out_)->forward(x);
+  x = shards.gather_image(std::static_pointer_cast<nn::LinearImpl>(proj_out_)->forward(x));
   const int64_t h = H / p, w = W / p;
   x = x.reshape({batch, h, w, p, p, c.out_channels}).permute({0, 5, 1, 3, 2, 4});  // nhwpqc -> nchpwq
   return x.reshape({batch, c.out_channels, H, W});

@@ -1,0 +1,165 @@
+#include "apps/launch.h"
+
+#include <arpa/inet.h>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include <torch/cuda.h>
+
+#include "core/errors.h"
+
+namespace mmdit {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::string> g_args;
+
+std::string last_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line, last;
+  while (std::getline(in, line))
+    if (line.find_first_not_of(" \t\r") != std::string::npos) last = line;
+  return last;
+}
+
+}  // namespace
+
+void set_process_args(int argc, char** argv) { g_args.assign(argv, argv + argc); }
+
+bool in_worker() {
+  const char* w = std::getenv("WORLD_SIZE");
+  return w && std::atoi(w) > 1;
+}
+
+std::vector<std::string> requested_devices(int gpus, const std::string& devices) {
+  if (gpus > 0 && !devices.empty()) throw UsageError("--gpus, --devices: give one of them");
+  std::vector<std::string> out;
+  if (!devices.empty()) {
+    size_t start = 0;
+    while (start <= devices.size()) {
+      const size_t comma = devices.find(',', start);
+      const std::string d = devices.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      const bool cuda = d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.find_first_not_of("0123456789", 5) == std::string::npos;
+      if (d != "cpu" && !cuda) throw UsageError("--devices " + devices + ": '" + d + "' is not cpu or cuda:N");
+      out.push_back(d);
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  } else {
+    for (int i = 0; i < gpus; ++i) out.push_back("cuda:" + std::to_string(i));
+  }
+  const int have = int(torch::cuda::device_count());
+  for (const auto& d : out)
+    if (d != "cpu" && std::atoi(d.c_str() + 5) >= have)
+      throw UsageError((gpus > 0 ? "--gpus " + std::to_string(gpus) : "--devices " + devices) + ": this machine has " +
+                       std::to_string(have) + " CUDA device" + (have == 1 ? "" : "s"));
+  return out;
+}
+
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw RuntimeFailure("cannot open a socket for the rendezvous");
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof a;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    throw RuntimeFailure("cannot find a free port for the rendezvous");
+  }
+  const int port = ntohs(a.sin_port);
+  ::close(fd);
+  return port;
+}
+
+int run_workers(const std::vector<std::map<std::string, std::string>>& envs) {
+  const int n = int(envs.size());
+  std::vector<pid_t> pids(size_t(n), -1);
+  std::vector<std::string> logs(static_cast<size_t>(n));
+  const fs::path tmp = fs::temp_directory_path();
+  std::fflush(stdout);
+  std::fflush(stderr);
+  for (int i = 0; i < n; ++i) {
+    if (i > 0) logs[size_t(i)] = (tmp / ("mmdit-worker-" + std::to_string(::getpid()) + "-" + std::to_string(i) + ".log")).string();
+    const pid_t pid = ::fork();
+    if (pid < 0) throw RuntimeFailure("cannot start worker " + std::to_string(i));
+    if (pid == 0) {
+      for (const auto& [k, v] : envs[size_t(i)]) ::setenv(k.c_str(), v.c_str(), 1);
+      if (i > 0) {
+        if (std::FILE* f = std::freopen(logs[size_t(i)].c_str(), "w", stderr); !f) ::_exit(1);
+      }
+      std::vector<char*> argv;
+      for (auto& a : g_args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv("/proc/self/exe", argv.data());
+      ::_exit(127);
+    }
+    pids[size_t(i)] = pid;
+  }
+  // Ctrl-C reaches the workers too (same process group); the parent only waits for them.
+  struct sigaction ignore {}, old_int {}, old_term {};
+  ignore.sa_handler = SIG_IGN;
+  sigaction(SIGINT, &ignore, &old_int);
+  sigaction(SIGTERM, &ignore, &old_term);
+  int first_code = 0, first_worker = -1, left = n;
+  std::vector<int> codes(static_cast<size_t>(n), 0);
+  auto failed_at = std::chrono::steady_clock::time_point();
+  bool stopped = false;
+  while (left > 0) {
+    int status = 0;
+    const pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid < 0) break;
+    if (pid == 0) {
+      // One worker failed: the others would wait for it in a collective. Most fail the same way at once (a bad
+      // request); whatever is still running a moment later is stopped.
+      if (first_worker >= 0 && !stopped && std::chrono::steady_clock::now() - failed_at > std::chrono::seconds(3)) {
+        for (pid_t p : pids)
+          if (p > 0) ::kill(p, SIGTERM);
+        stopped = true;
+      }
+      ::usleep(20000);
+      continue;
+    }
+    int i = 0;
+    while (i < n && pids[size_t(i)] != pid) ++i;
+    if (i == n) continue;
+    pids[size_t(i)] = -1;
+    --left;
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    codes[size_t(i)] = code;
+    if (code != 0 && first_worker < 0) {
+      first_worker = i;
+      first_code = code;
+      failed_at = std::chrono::steady_clock::now();
+    }
+  }
+  sigaction(SIGINT, &old_int, nullptr);
+  sigaction(SIGTERM, &old_term, nullptr);
+  if (first_worker > 0 && (codes[0] == 0 || codes[0] == 128 + SIGTERM)) {
+    // Worker 0 did not report this failure itself: show the failing worker's last line.
+    const std::string line = last_line(logs[size_t(first_worker)]);
+    if (!line.empty()) std::fprintf(stderr, "%s (worker %d)\n", line.c_str(), first_worker);
+  }
+  if (codes[0] != 0 && codes[0] != 128 + SIGTERM) first_code = codes[0];  // worker 0 reported its own failure
+  for (const auto& l : logs)
+    if (!l.empty()) {
+      std::error_code ec;
+      fs::remove(l, ec);
+    }
+  return first_code;
+}
+
+}  // namespace mmdit

@@ -1,0 +1,30 @@
+// Workers: mmdit started again, one process per device, for one generation over several GPUs (`generate
+// --gpus N`) and for job files over GPUs (`run --gpus N`). Users need no torchrun: the parent sets the variables
+// torchrun would (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) plus MMDIT_DEVICE, and waits.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+namespace mmdit {
+
+// main() records its arguments, so that workers can be started with the same command line.
+void set_process_args(int argc, char** argv);
+
+// The devices of --gpus N / --devices A,B,... (at most one of them given): cuda:0..N-1, or the list. Empty when
+// neither was given. Throws UsageError for more GPUs than this machine has, or a malformed list.
+std::vector<std::string> requested_devices(int gpus, const std::string& devices);
+
+// A TCP port that was free a moment ago, for the rendezvous.
+int free_port();
+
+// Starts this program once per entry of `envs` (each worker's extra environment), with this process's arguments,
+// and waits for them all. Worker 0 writes to this stderr; the others' stderr goes to a file, and the last line of
+// the first worker to fail is shown if worker 0 did not fail. When one fails, the others are stopped. Returns
+// the first failure's exit status (0 when all succeed; 130 when interrupted).
+int run_workers(const std::vector<std::map<std::string, std::string>>& envs);
+
+// In a worker (or under torchrun): WORLD_SIZE > 1 in the environment.
+bool in_worker();
+
+}  // namespace mmdit
