@@ -10,9 +10,11 @@
 #include <torch/cuda.h>
 
 #include "apps/commands.h"
+#include "apps/launch.h"
 #include "apps/request_flags.h"
 #include "core/attention.h"
 #include "core/errors.h"
+#include "core/parallel.h"
 #include "core/torch_util.h"
 #include "core/weights.h"
 #include "models/pipeline.h"
@@ -28,6 +30,8 @@ struct BenchOptions {
   int warmup_steps = 0;  // 0: as many as the timed runs
   std::string attention = "auto";
   std::vector<std::string> variants;
+  int gpus = 0;                // one generation over several GPUs (apps/launch.h)
+  std::string parallel = "auto";
   std::string profile;  // a folder: a Kineto trace of each variant's first timed run (scripts/bench/profile_summary.py)
 };
 
@@ -95,12 +99,23 @@ void time_request(Pipeline& pipe, GenerateRequest r, const BenchOptions& o, doub
                               {"peak_memory_gib", double(peak_device_memory(at::Device(r.device))) / (1u << 30)},
                               {"memory_after_gib", double(device_memory_allocated(at::Device(r.device))) / (1u << 30)},
                               {"request", request_json(r)}};
+  if (world().comm) {  // several GPUs: each rank reports its own line (its peak memory)
+    j["gpus"] = world().comm->size();
+    j["rank"] = world().comm->rank();
+    j["parallel"] = world().strategy;
+  }
   std::printf("%s\n", j.dump().c_str());
   std::fflush(stdout);
 }
 
 void run_bench(BenchOptions& o) {
   finish_request_flags(*o.flags);
+  if (o.gpus > 1 && !in_worker()) {  // one worker per GPU, each timing its part
+    const int code = run_workers(world_envs(requested_devices(o.gpus, "")));
+    if (code != 0) throw ExitStatus{code};
+    return;
+  }
+  if (in_worker()) join_world(o.req.device, o.gpus, "", o.parallel);
   const GenerateRequest& r = o.req;
   set_attention_backend(o.attention);
   if (o.random_weights) set_random_weights(true, r.device);
@@ -149,6 +164,9 @@ Command add_bench_command(CLI::App& app) {
   sub->add_option("--runs", o->runs, "Timed runs after one warm-up")->check(CLI::PositiveNumber);
   sub->add_option("--profile", o->profile, "Folder for a Kineto trace of each variant's first timed run (trace-N.json)");
   sub->add_option("--attention", o->attention, "SDPA backend: auto, flash, cudnn, efficient, math")->capture_default_str();
+  sub->add_option("--gpus", o->gpus, "Time one generation over N GPUs (one worker each)")->check(CLI::PositiveNumber);
+  sub->add_option("--parallel", o->parallel, "With --gpus: auto, cfg or ulysses")
+      ->check(CLI::IsMember({"auto", "cfg", "ulysses"}));
   sub->add_flag("--random-weights", o->random_weights, "Make random weights on the device instead of loading files");
   sub->add_option("--batch", r.batch, "Images per run (--batch 3 --cfg 1: three plain rows, a baseline)")
       ->check(CLI::Range(1, 64));

@@ -16,7 +16,10 @@
 
 #include <torch/cuda.h>
 
+#include "core/comm.h"
 #include "core/errors.h"
+#include "core/log.h"
+#include "core/parallel.h"
 
 namespace mmdit {
 namespace fs = std::filesystem;
@@ -160,6 +163,38 @@ int run_workers(const std::vector<std::map<std::string, std::string>>& envs) {
       fs::remove(l, ec);
     }
   return first_code;
+}
+
+std::vector<std::map<std::string, std::string>> world_envs(const std::vector<std::string>& devices,
+                                                           const std::map<std::string, std::string>& extra) {
+  std::vector<std::map<std::string, std::string>> envs;
+  const std::string port = std::to_string(free_port());
+  for (size_t i = 0; i < devices.size(); ++i) {
+    std::map<std::string, std::string> e = extra;
+    e.insert({{"RANK", std::to_string(i)}, {"LOCAL_RANK", std::to_string(i)},
+              {"WORLD_SIZE", std::to_string(devices.size())}, {"MASTER_ADDR", "127.0.0.1"},
+              {"MASTER_PORT", port}, {"MMDIT_DEVICE", devices[i]}});
+    envs.push_back(e);
+  }
+  return envs;
+}
+
+void join_world(std::string& device, int gpus, const std::string& devices, const std::string& strategy) {
+  const Rendezvous rv = Rendezvous::from_env();
+  if (const char* d = std::getenv("MMDIT_DEVICE"); d && *d) {
+    device = d;
+  } else if (!devices.empty() || gpus > 0) {
+    const auto list = requested_devices(gpus, devices);
+    if (size_t(rv.local_rank) >= list.size())
+      throw UsageError("LOCAL_RANK=" + std::to_string(rv.local_rank) + ": only " + std::to_string(list.size()) +
+                       " devices were given");
+    device = list[size_t(rv.local_rank)];
+  } else if (device.rfind("cuda", 0) == 0) {
+    device = "cuda:" + std::to_string(rv.local_rank);  // torchrun: one GPU per local rank
+  }
+  if (rv.rank > 0) init_logging(Verbosity::Quiet);
+  auto store = connect_store(rv);
+  set_world({make_process_comm(store, rv, device), strategy});
 }
 
 }  // namespace mmdit

@@ -27,4 +27,14 @@ int run_workers(const std::vector<std::map<std::string, std::string>>& envs);
 // In a worker (or under torchrun): WORLD_SIZE > 1 in the environment.
 bool in_worker();
 
+// The environments of one world's workers on these devices: torchrun's variables, a fresh loopback port,
+// MMDIT_DEVICE, and `extra`.
+std::vector<std::map<std::string, std::string>> world_envs(const std::vector<std::string>& devices,
+                                                           const std::map<std::string, std::string>& extra = {});
+
+// In a worker: joins the rendezvous and sets this thread's world (core/parallel.h) with `strategy`. `device` becomes
+// this worker's: MMDIT_DEVICE, else entry LOCAL_RANK of --gpus/--devices, else cuda:LOCAL_RANK for a CUDA device
+// (torchrun). Ranks above 0 log only warnings and errors.
+void join_world(std::string& device, int gpus, const std::string& devices, const std::string& strategy);
+
 }  // namespace mmdit

@@ -3,7 +3,10 @@
 scripts/goldens/{sd3_pipeline,flux,cogvideox}.py) through `mmdit generate` on DEVICE in f32 and bf16 and
 compares each image or frame with diffusers' float32 CPU golden. One JSON line per case and dtype.
 
-    python3 scripts/bench/device_parity.py MMDIT GOLDEN_DIR [--device cuda]
+    python3 scripts/bench/device_parity.py MMDIT GOLDEN_DIR [--device cuda] [--multi '--gpus 2 --parallel cfg' ...]
+
+--multi: the same case over several GPUs (docs/SCALING.md), against the one-GPU image (f32: <= 1 level, bf16:
+>= 45 dB) and the golden.
 """
 import argparse
 import json
@@ -62,6 +65,8 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--unfused", action="store_true",
                     help="also run --no-fused: the fused kernels' image against the plain path's (PSNR)")
+    ap.add_argument("--multi", action="append", default=[],
+                    help="also run with these flags (e.g. '--gpus 2'): against the one-GPU image")
     a = ap.parse_args()
     g = pathlib.Path(a.golden)
     for c in json.load(open(g / "cases.json")):
@@ -83,6 +88,14 @@ def main():
                     else:
                         line["unfused_max_diff_vs_golden"], _ = compare(plain, refs)
                         line["fused_vs_unfused_max_diff"], line["fused_vs_unfused_psnr_db"] = compare(got, plain)
+                for m in a.multi:
+                    multi = run(a, g, c, dtype, shlex.split(m), tmp)
+                    if isinstance(multi, str):
+                        line[m] = {"error": multi}
+                    else:
+                        d, p = compare(multi, got)
+                        line[m] = {"max_diff_vs_one_gpu": d, "psnr_vs_one_gpu_db": p,
+                                   "max_diff_vs_golden": compare(multi, refs)[0]}
                 print(json.dumps(line))
 
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# GPU-box round for one generation over several GPUs (issues 18 and 19; docs/SCALING.md). Run through the device
+# tool on a multi-GPU kind from the repo root, carrying .carry/stb, .carry/layouts and tiny goldens (GOLDENS=...):
+#   build     mmdit against the box's torch (fused kernels, NCCL);
+#   parity    every tiny golden case of FLUX / CogVideoX (and SD3 when carried) on 1 GPU and on N GPUs with each
+#             strategy: f32 <= 1 level and bf16 >= 45 dB against the one-GPU image;
+#   sd35l flux cogvideox
+#             per-step and whole-pipeline times, bf16, random weights, 1 GPU then N GPUs, same call; one JSON line
+#             per rank (its peak memory).
+# NCCL_NVLS_ENABLE=0 (the device tool's KINDS.md). Results: $OUT/results.jsonl, $OUT/log.txt.
+#   GPUS=2 scripts/bench/multigpu_round.sh build parity sd35l flux cogvideox
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export NCCL_NVLS_ENABLE=0
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+start=$(date +%s)
+M=$PWD/build-gpu/mmdit
+R="$OUT/results.jsonl"
+L=.carry/layouts
+G=${GOLDENS:-.carry/goldens}
+N=${GPUS:-2}
+STEPS=${STEPS:-10}
+timed() {  # label layout strategy args...: one GPU, then N GPUs with the strategy
+  local w=$1 lay=$2 par=$3; shift 3
+  $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 --steps $STEPS --warmup-steps 2 "$@" \
+    | sed "s/^{/{\"label\": \"$w 1gpu\", /" | tee -a "$R"
+  for p in $par; do
+    $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 --steps $STEPS --warmup-steps 2 "$@" \
+      --gpus $N --parallel $p | sed "s/^{/{\"label\": \"$w ${N}gpu $p\", /" | tee -a "$R"
+  done
+}
+for w in "$@"; do case $w in
+  build)
+    cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMMDIT_BUILD_TESTS=OFF -DMMDIT_WITH_FFMPEG=OFF \
+      -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$OUT/cmake.txt" 2>&1 \
+      || { tail -30 "$OUT/cmake.txt"; exit 1; }
+    grep -i "nccl" "$OUT/cmake.txt"
+    cmake --build build-gpu -j16 --target mmdit > "$OUT/build.txt" 2>&1 \
+      || { grep -E "error" -A3 "$OUT/build.txt" | head -40; exit 1; } ;;
+  parity)
+    for g in sd3_pipeline flux cogvideox; do
+      [ -d $G/$g ] && python3 scripts/bench/device_parity.py $M $G/$g --multi "--gpus $N --parallel cfg" \
+        --multi "--gpus $N --parallel ulysses" --multi "--gpus $N --parallel auto" | tee -a "$R"
+    done ;;
+  sd35l) timed sd35l $L/sd3.5-large "${CFG_STRATEGIES:-cfg ulysses}" --width 1024 --height 1024 --cfg 7 ;;
+  flux) timed flux $L/flux-dev "ulysses" --width 1024 --height 1024 ;;
+  cogvideox) timed cogvideox $L/cogvideox-5b "${CFG_STRATEGIES:-cfg ulysses}" --width 720 --height 480 --frames 49 --cfg 6 ;;
+esac; echo "$w done after $(( $(date +%s) - start )) s"; done
+echo "round done"
