@@ -111,7 +111,7 @@ void time_request(Pipeline& pipe, GenerateRequest r, const BenchOptions& o, doub
 void run_bench(BenchOptions& o) {
   finish_request_flags(*o.flags);
   if (o.gpus > 1 && !in_worker()) {  // one worker per GPU, each timing its part
-    const int code = run_workers(world_envs(requested_devices(o.gpus, "")));
+    const int code = run_world(requested_devices(o.gpus, ""));
     if (code != 0) throw ExitStatus{code};
     return;
   }

@@ -49,7 +49,7 @@ Command add_generate_command(CLI::App& app) {
             if (devices.size() > 1) {
               if (r.prompt.empty() && r.negative_prompt.empty()) log_warn("--prompt is empty: generating unconditionally");
               // The seed drawn here goes to every worker.
-              const int code = run_workers(world_envs(devices, {{"MMDIT_SEED", std::to_string(r.seed)}}));
+              const int code = run_world(devices, {{"MMDIT_SEED", std::to_string(r.seed)}});
               if (code != 0) throw ExitStatus{code};
               return;
             }

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <chrono>
 #include <csignal>
+#include <fcntl.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -95,19 +96,34 @@ int run_workers(const std::vector<std::map<std::string, std::string>>& envs) {
   const fs::path tmp = fs::temp_directory_path();
   std::fflush(stdout);
   std::fflush(stderr);
+  // Each worker's environment and arguments, made before forking (the child only execs).
+  std::vector<std::vector<std::string>> env_strings(static_cast<size_t>(n));
+  std::vector<std::vector<char*>> envps(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    std::map<std::string, std::string> merged;
+    for (char** e = environ; *e; ++e) {
+      const std::string kv = *e;
+      const size_t eq = kv.find('=');
+      if (eq != std::string::npos) merged[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+    for (const auto& [k, v] : envs[size_t(i)]) merged[k] = v;
+    for (const auto& [k, v] : merged) env_strings[size_t(i)].push_back(k + "=" + v);
+    for (auto& kv : env_strings[size_t(i)]) envps[size_t(i)].push_back(const_cast<char*>(kv.c_str()));
+    envps[size_t(i)].push_back(nullptr);
+  }
+  std::vector<char*> argv;
+  for (auto& a : g_args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
   for (int i = 0; i < n; ++i) {
     if (i > 0) logs[size_t(i)] = (tmp / ("mmdit-worker-" + std::to_string(::getpid()) + "-" + std::to_string(i) + ".log")).string();
     const pid_t pid = ::fork();
     if (pid < 0) throw RuntimeFailure("cannot start worker " + std::to_string(i));
     if (pid == 0) {
-      for (const auto& [k, v] : envs[size_t(i)]) ::setenv(k.c_str(), v.c_str(), 1);
       if (i > 0) {
-        if (std::FILE* f = std::freopen(logs[size_t(i)].c_str(), "w", stderr); !f) ::_exit(1);
+        const int fd = ::open(logs[size_t(i)].c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd < 0 || ::dup2(fd, STDERR_FILENO) < 0) ::_exit(1);
       }
-      std::vector<char*> argv;
-      for (auto& a : g_args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      ::execv("/proc/self/exe", argv.data());
+      ::execve("/proc/self/exe", argv.data(), envps[size_t(i)].data());
       ::_exit(127);
     }
     pids[size_t(i)] = pid;
@@ -165,18 +181,19 @@ int run_workers(const std::vector<std::map<std::string, std::string>>& envs) {
   return first_code;
 }
 
-std::vector<std::map<std::string, std::string>> world_envs(const std::vector<std::string>& devices,
-                                                           const std::map<std::string, std::string>& extra) {
+int run_world(const std::vector<std::string>& devices, const std::map<std::string, std::string>& extra) {
+  int port = 0;
+  auto store = serve_store(port);  // held until the workers are done
   std::vector<std::map<std::string, std::string>> envs;
-  const std::string port = std::to_string(free_port());
   for (size_t i = 0; i < devices.size(); ++i) {
     std::map<std::string, std::string> e = extra;
     e.insert({{"RANK", std::to_string(i)}, {"LOCAL_RANK", std::to_string(i)},
               {"WORLD_SIZE", std::to_string(devices.size())}, {"MASTER_ADDR", "127.0.0.1"},
-              {"MASTER_PORT", port}, {"MMDIT_DEVICE", devices[i]}});
+              {"MASTER_PORT", std::to_string(port)}, {"MMDIT_STORE_HOSTED", "1"}, {"MMDIT_DEVICE", devices[i]}});
+    if (!std::getenv("NCCL_SOCKET_IFNAME")) e.insert({"NCCL_SOCKET_IFNAME", "lo"});
     envs.push_back(e);
   }
-  return envs;
+  return run_workers(envs);
 }
 
 void join_world(std::string& device, int gpus, const std::string& devices, const std::string& strategy) {

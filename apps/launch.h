@@ -27,10 +27,10 @@ int run_workers(const std::vector<std::map<std::string, std::string>>& envs);
 // In a worker (or under torchrun): WORLD_SIZE > 1 in the environment.
 bool in_worker();
 
-// The environments of one world's workers on these devices: torchrun's variables, a fresh loopback port,
-// MMDIT_DEVICE, and `extra`.
-std::vector<std::map<std::string, std::string>> world_envs(const std::vector<std::string>& devices,
-                                                           const std::map<std::string, std::string>& extra = {});
+// One world of workers on these devices: serves the rendezvous store on a free loopback port, sets torchrun's
+// variables, MMDIT_DEVICE, NCCL_SOCKET_IFNAME=lo (one machine; unless set) and `extra`, and runs them
+// (run_workers). Returns the exit status.
+int run_world(const std::vector<std::string>& devices, const std::map<std::string, std::string>& extra = {});
 
 // In a worker: joins the rendezvous and sets this thread's world (core/parallel.h) with `strategy`. `device` becomes
 // this worker's: MMDIT_DEVICE, else entry LOCAL_RANK of --gpus/--devices, else cuda:LOCAL_RANK for a CUDA device

@@ -255,14 +255,15 @@ Rendezvous Rendezvous::from_env() {
   rv.port = env_int("MASTER_PORT", 29500, 1);
   if (rv.port > 65535) throw UsageError("MASTER_PORT=" + std::to_string(rv.port) + ": not a port");
   rv.timeout = std::chrono::seconds(env_int("MMDIT_RENDEZVOUS_TIMEOUT", 60, 1));
+  rv.hosted = env_int("MMDIT_STORE_HOSTED", 0, 0) != 0;
   return rv;
 }
 
 std::shared_ptr<Store> connect_store(const Rendezvous& rv) {
   c10d::TCPStoreOptions o;
   o.port = uint16_t(rv.port);
-  o.isServer = rv.rank == 0;
-  o.numWorkers = size_t(rv.world);
+  o.isServer = rv.rank == 0 && !rv.hosted;
+  if (o.isServer) o.numWorkers = size_t(rv.world);
   o.waitWorkers = true;
   o.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(rv.timeout);
   auto s = std::make_shared<Store>();
@@ -286,6 +287,29 @@ std::shared_ptr<Store> connect_store(const Rendezvous& rv) {
                      " s (MMDIT_RENDEZVOUS_TIMEOUT): " + e.what());
   }
   return s;
+}
+
+std::shared_ptr<Store> serve_store(int& port) {
+  c10d::TCPStoreOptions o;
+  o.port = 0;  // any free port, kept bound from here on
+  o.isServer = true;
+  o.waitWorkers = false;
+  auto s = std::make_shared<Store>();
+  auto tcp = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", o);
+  port = tcp->getPort();
+  s->store = tcp;
+  return s;
+}
+
+int64_t store_add(Store& s, const std::string& key, int64_t value) { return s.store->add(key, value); }
+void store_push(Store& s, const std::string& queue, const std::string& value) {
+  s.store->queuePush(queue, std::vector<uint8_t>(value.begin(), value.end()));
+}
+bool store_pop(Store& s, const std::string& queue, std::string& value) {
+  if (s.store->queueLen(queue) == 0) return false;
+  const auto bytes = s.store->queuePop(queue, /*block=*/false);
+  value.assign(bytes.begin(), bytes.end());
+  return true;
 }
 
 bool nccl_available() { return MMDIT_HAVE_NCCL != 0; }

@@ -36,6 +36,7 @@ std::vector<std::shared_ptr<Communicator>> make_thread_comms(int world);
 // Where the ranks of one job meet: torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
 struct Rendezvous {
   int rank = 0, world = 1, local_rank = 0;
+  bool hosted = false;  // MMDIT_STORE_HOSTED=1: the launcher serves the store, every rank is a client
   std::string host = "127.0.0.1";
   int port = 29500;
   std::chrono::seconds timeout{60};  // MMDIT_RENDEZVOUS_TIMEOUT (seconds) overrides it
@@ -49,6 +50,13 @@ struct Store;
 // Joins the rendezvous: rank 0 serves a c10d::TCPStore at host:port and waits for the others. Throws UsageError
 // ("rendezvous at HOST:PORT: ... within N s") when the ranks do not meet within the timeout.
 std::shared_ptr<Store> connect_store(const Rendezvous& rv);
+
+// A store served by this process (the launcher of local workers) on a free loopback port: no race for the port.
+std::shared_ptr<Store> serve_store(int& port);
+// The store's counters and queues, for the job workers (apps/): add, a non-blocking pop, a push.
+int64_t store_add(Store& s, const std::string& key, int64_t value);
+void store_push(Store& s, const std::string& queue, const std::string& value);
+bool store_pop(Store& s, const std::string& queue, std::string& value);  // false when empty
 
 // The communicator of the rendezvoused ranks: NCCL on CUDA devices (this process's device), the store itself on
 // the CPU. Throws UsageError when NCCL was not built in.

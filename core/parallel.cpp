@@ -159,38 +159,40 @@ at::Tensor ulysses_attention(const at::Tensor& q, const at::Tensor& k, const at:
   }
   if (covered != S) throw std::logic_error("ulysses: the attention's tokens are not the sharded streams");
 
-  // [B, H, S_local, D] -> all-to-all over head groups -> [B, H/P, S_whole, D] with the padding dropped.
-  auto to_heads = [&](const at::Tensor& t) {
-    at::Tensor got = comm.all_to_all(t.unflatten(1, {P, Hl}).permute({1, 0, 2, 3, 4}).contiguous());
-    std::vector<at::Tensor> parts;  // got: [P (source rank), B, Hl, S_local, D]
-    for (const auto& s : segments)
-      parts.push_back(got.narrow(3, s.local.begin, s.local.size())
-                          .permute({1, 2, 0, 3, 4})
-                          .reshape({B, Hl, P * s.local.size(), D})
-                          .narrow(2, 0, s.whole));
-    return parts.size() == 1 ? parts[0] : at::cat(parts, 2);
-  };
-  at::Tensor Q = to_heads(q), K = to_heads(k), V = to_heads(v);
+  // Out: q, k, v as [P (head group), 3, B, H/P, S_local, D] in one buffer, so one all-to-all moves all three.
+  at::Tensor send = at::empty({P, 3, B, Hl, S, D}, q.options());
+  const at::Tensor* qkv[3] = {&q, &k, &v};
+  for (int i = 0; i < 3; ++i) send.select(1, i).copy_(qkv[i]->unflatten(1, {P, Hl}).permute({1, 0, 2, 3, 4}));
+  const at::Tensor got = comm.all_to_all(send);  // [P (source rank), 3, B, H/P, S_local, D]
+  // In: every rank's tokens of each stream in order, padding dropped: [3, B, H/P, S_whole, D].
+  at::Tensor all = at::empty({3, B, Hl, offset, D}, q.options());
+  for (const auto& s : segments)
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t n = std::min(s.local.size(), s.whole - p * s.local.size());
+      if (n <= 0) break;
+      all.narrow(3, s.full->begin + p * s.local.size(), n).copy_(got[p].narrow(3, s.local.begin, n));
+    }
   t_ulysses.inside = true;
   at::Tensor o;
   try {
-    o = attention(Q, K, V, full, std::nullopt, scale);
+    o = attention(all[0], all[1], all[2], full, std::nullopt, scale);
   } catch (...) {
     t_ulysses.inside = false;
     throw;
   }
   t_ulysses.inside = false;
-  // Back: each stream padded again and cut into the ranks' token shards, in the local order.
-  std::vector<at::Tensor> sends;
-  for (const auto& s : segments) {
-    at::Tensor part = o.narrow(2, s.full->begin, s.whole);
-    const int64_t padded = P * s.local.size();
-    if (padded > s.whole) part = at::constant_pad_nd(part, {0, 0, 0, padded - s.whole});
-    sends.push_back(part.reshape({B, Hl, P, s.local.size(), D}).permute({2, 0, 1, 3, 4}));
-  }
-  at::Tensor send = (sends.size() == 1 ? sends[0] : at::cat(sends, 3)).contiguous();
-  at::Tensor got = comm.all_to_all(send);  // [P (head group), B, Hl, S_local, D]
-  return got.permute({1, 0, 2, 3, 4}).reshape({B, H, S, D});
+  // Back: each rank's token shards of my heads ([P (destination), B, H/P, S_local, D], zero padding), one
+  // all-to-all, and the head groups side by side.
+  at::Tensor back = covered * P == offset ? at::empty({P, B, Hl, S, D}, o.options()) : at::zeros({P, B, Hl, S, D}, o.options());
+  for (const auto& s : segments)
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t n = std::min(s.local.size(), s.whole - p * s.local.size());
+      if (n <= 0) break;
+      back[p].narrow(2, s.local.begin, n).copy_(o.narrow(2, s.full->begin + p * s.local.size(), n));
+    }
+  const at::Tensor mine = comm.all_to_all(back);  // [P (head group), B, H/P, S_local, D]
+  // [B, S_local, H, D] in memory, returned as the [B, H, S, D] view the models transpose back for free.
+  return mine.permute({1, 3, 0, 2, 4}).reshape({B, S, H, D}).transpose(1, 2);
 }
 
 }  // namespace mmdit
