@@ -17,5 +17,6 @@ Command add_generate_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
 Command add_edit_command(CLI::App& app);
+Command add_report_command(CLI::App& app);
 
 }  // namespace mmdit

@@ -89,7 +89,7 @@ int free_port() {
   return port;
 }
 
-int run_workers(const std::vector<std::map<std::string, std::string>>& envs) {
+int run_workers(const std::vector<std::map<std::string, std::string>>& envs, const WorkerOptions& opt) {
   const int n = int(envs.size());
   std::vector<pid_t> pids(size_t(n), -1);
   std::vector<std::string> logs(static_cast<size_t>(n));
@@ -115,11 +115,11 @@ int run_workers(const std::vector<std::map<std::string, std::string>>& envs) {
   for (auto& a : g_args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   for (int i = 0; i < n; ++i) {
-    if (i > 0) logs[size_t(i)] = (tmp / ("mmdit-worker-" + std::to_string(::getpid()) + "-" + std::to_string(i) + ".log")).string();
+    if (i > 0 || !opt.first_to_terminal) logs[size_t(i)] = (tmp / ("mmdit-worker-" + std::to_string(::getpid()) + "-" + std::to_string(i) + ".log")).string();
     const pid_t pid = ::fork();
     if (pid < 0) throw RuntimeFailure("cannot start worker " + std::to_string(i));
     if (pid == 0) {
-      if (i > 0) {
+      if (!logs[size_t(i)].empty()) {
         const int fd = ::open(logs[size_t(i)].c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
         if (fd < 0 || ::dup2(fd, STDERR_FILENO) < 0) ::_exit(1);
       }
@@ -142,9 +142,10 @@ int run_workers(const std::vector<std::map<std::string, std::string>>& envs) {
     const pid_t pid = ::waitpid(-1, &status, WNOHANG);
     if (pid < 0) break;
     if (pid == 0) {
+      if (opt.poll) opt.poll();
       // One worker failed: the others would wait for it in a collective. Most fail the same way at once (a bad
       // request); whatever is still running a moment later is stopped.
-      if (first_worker >= 0 && !stopped && std::chrono::steady_clock::now() - failed_at > std::chrono::seconds(3)) {
+      if (opt.stop_others_on_failure && first_worker >= 0 && !stopped && std::chrono::steady_clock::now() - failed_at > std::chrono::seconds(3)) {
         for (pid_t p : pids)
           if (p > 0) ::kill(p, SIGTERM);
         stopped = true;
@@ -159,6 +160,7 @@ int run_workers(const std::vector<std::map<std::string, std::string>>& envs) {
     --left;
     const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     codes[size_t(i)] = code;
+    if (opt.on_exit) opt.on_exit(i, code, logs[size_t(i)].empty() ? std::string() : last_line(logs[size_t(i)]));
     if (code != 0 && first_worker < 0) {
       first_worker = i;
       first_code = code;
@@ -167,12 +169,13 @@ int run_workers(const std::vector<std::map<std::string, std::string>>& envs) {
   }
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
-  if (first_worker > 0 && (codes[0] == 0 || codes[0] == 128 + SIGTERM)) {
+  if (opt.poll) opt.poll();
+  if (!opt.on_exit && first_worker > 0 && (codes[0] == 0 || codes[0] == 128 + SIGTERM)) {
     // Worker 0 did not report this failure itself: show the failing worker's last line.
     const std::string line = last_line(logs[size_t(first_worker)]);
     if (!line.empty()) std::fprintf(stderr, "%s (worker %d)\n", line.c_str(), first_worker);
   }
-  if (codes[0] != 0 && codes[0] != 128 + SIGTERM) first_code = codes[0];  // worker 0 reported its own failure
+  if (opt.first_to_terminal && codes[0] != 0 && codes[0] != 128 + SIGTERM) first_code = codes[0];  // worker 0 reported its own failure
   for (const auto& l : logs)
     if (!l.empty()) {
       std::error_code ec;
@@ -194,6 +197,14 @@ int run_world(const std::vector<std::string>& devices, const std::map<std::strin
     envs.push_back(e);
   }
   return run_workers(envs);
+}
+
+std::shared_ptr<Store> join_local_store(int port) {
+  Rendezvous rv;  // a world of one that meets at once; hosted: a client of the launcher's store
+  rv.world = 1;
+  rv.port = port;
+  rv.hosted = true;
+  return connect_store(rv);
 }
 
 void join_world(std::string& device, int gpus, const std::string& devices, const std::string& strategy) {

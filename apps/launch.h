@@ -2,11 +2,15 @@
 // --gpus N`) and for job files over GPUs (`run --gpus N`). Users need no torchrun: the parent sets the variables
 // torchrun would (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) plus MMDIT_DEVICE, and waits.
 #pragma once
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace mmdit {
+
+struct Store;
 
 // main() records its arguments, so that workers can be started with the same command line.
 void set_process_args(int argc, char** argv);
@@ -22,7 +26,18 @@ int free_port();
 // and waits for them all. Worker 0 writes to this stderr; the others' stderr goes to a file, and the last line of
 // the first worker to fail is shown if worker 0 did not fail. When one fails, the others are stopped. Returns
 // the first failure's exit status (0 when all succeed; 130 when interrupted).
-int run_workers(const std::vector<std::map<std::string, std::string>>& envs);
+struct WorkerOptions {
+  bool first_to_terminal = true;       // false: every worker's stderr goes to a file
+  bool stop_others_on_failure = true;  // one generation: a failed rank stops the world
+  std::function<void()> poll;          // called every 20 ms while waiting, and once at the end
+  // Called as each worker ends: its position, exit status and last stderr line (when it went to a file). Set, it
+  // replaces the printing of the failed worker's line.
+  std::function<void(int, int, const std::string&)> on_exit;
+};
+int run_workers(const std::vector<std::map<std::string, std::string>>& envs, const WorkerOptions& options = {});
+
+// A client of a store served on this machine (a `run --gpus` worker's work queue). Throws UsageError.
+std::shared_ptr<Store> join_local_store(int port);
 
 // In a worker (or under torchrun): WORLD_SIZE > 1 in the environment.
 bool in_worker();

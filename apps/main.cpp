@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
   app.add_flag("-q,--quiet", quiet, "Only warnings and errors");
   const mmdit::Command commands[] = {mmdit::add_generate_command(app), mmdit::add_edit_command(app),
                                      mmdit::add_inspect_command(app), mmdit::add_bench_command(app),
-                                     mmdit::add_run_command(app)};
+                                     mmdit::add_run_command(app), mmdit::add_report_command(app)};
 
   try {
     app.parse(argc, argv);

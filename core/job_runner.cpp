@@ -100,58 +100,107 @@ std::string short_prompt(const std::string& p) {
 
 }  // namespace
 
+std::vector<int> shard_runs(const JobFile& jobs, int shard, int shards) {
+  std::vector<int> out;
+  for (int i = 0; i < int(jobs.runs.size()); ++i)
+    if (jobs.runs[size_t(i)].index % shards == shard) out.push_back(i);
+  return out;
+}
+
+void RunTally::add(const nlohmann::ordered_json& line) {
+  const std::string status = line.value("status", "");
+  if (status == "ok") ++ok;
+  else if (status == "failed") ++failed;
+  else if (status == "invalid") ++invalid;
+  else if (status == "skipped") ++skipped;
+  else if (status == "interrupted") interrupted = true;
+}
+
+nlohmann::ordered_json RunTally::summary(double seconds) const {
+  const int not_run = runs - ok - failed - invalid - skipped;  // an interrupted run counts as not run
+  return {{"summary", true},         {"runs", runs},         {"ok", ok},
+          {"failed", failed},        {"invalid", invalid},   {"skipped", skipped},
+          {"interrupted", interrupted}, {"not_run", not_run}, {"seconds", std::round(seconds * 1000) / 1000},
+          {"exit_code", exit_code()}};
+}
+
+std::string RunTally::text(double seconds) const {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "mmdit run: %d ok, %d failed, %d invalid, %d skipped, %d not run of %d runs in %.1f s%s",
+                ok, failed, invalid, skipped, runs - ok - failed - invalid - skipped, runs, seconds,
+                interrupted ? " (interrupted)" : "");
+  return buf;
+}
+
 int run_jobs(const JobFile& jobs, const RunOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
   auto stopped = [&] { return opt.stop && *opt.stop != 0; };
   Report report(opt.report);
-  const int n = int(jobs.runs.size());
+  const std::vector<int> mine = shard_runs(jobs, opt.shard, opt.shards);
+  const int n = int(mine.size());
+  const bool worker = bool(opt.next);
 
   std::vector<std::string> all_outputs;
-  for (const auto& r : jobs.runs) all_outputs.insert(all_outputs.end(), r.outputs.begin(), r.outputs.end());
+  for (int i : mine) all_outputs.insert(all_outputs.end(), jobs.runs[size_t(i)].outputs.begin(), jobs.runs[size_t(i)].outputs.end());
   remove_stale_temps(all_outputs);
 
+  // A run's request as this process makes it (a worker's device).
+  auto request = [&](int pos) {
+    GenerateRequest r = jobs.runs[size_t(mine[size_t(pos)])].req;
+    if (!opt.device.empty()) r.device = opt.device;
+    return r;
+  };
   // Which runs go ahead, and the last run that needs each pipeline (it is freed after that).
   std::vector<bool> skip(size_t(n), false);
   if (opt.skip_existing)
-    for (int i = 0; i < n; ++i) skip[size_t(i)] = all_exist(jobs.runs[size_t(i)].outputs);
+    for (int p = 0; p < n; ++p) skip[size_t(p)] = all_exist(jobs.runs[size_t(mine[size_t(p)])].outputs);
   std::map<std::string, int> last_use;
-  for (int i = 0; i < n; ++i)
-    if (!skip[size_t(i)]) last_use[pipeline_key(jobs.runs[size_t(i)].req)] = i;
+  for (int p = 0; p < n; ++p)
+    if (!skip[size_t(p)]) last_use[pipeline_key(request(p))] = p;
 
   std::map<std::string, std::unique_ptr<Pipeline>> pipelines;
   std::map<std::string, std::string> load_errors;  // a model that failed to load is not tried again
-  int ok = 0, failed = 0, invalid = 0, skipped = 0;
-  bool interrupted = false;
-  int i = 0;
-  for (; i < n; ++i) {
+  RunTally tally;
+  tally.runs = n;
+  for (int k = 0;; ++k) {
+    int pos = k;
+    if (worker) pos = opt.next();
+    if (pos < 0 || pos >= n) break;
     if (stopped()) {
-      interrupted = true;
+      tally.interrupted = true;
       break;
     }
-    const JobRun& run = jobs.runs[size_t(i)];
+    const JobRun& run = jobs.runs[size_t(mine[size_t(pos)])];
     nlohmann::ordered_json line = {{"index", run.index}, {"job", run.job}};
-    const std::string counter = "[" + std::to_string(i + 1) + "/" + std::to_string(n) + "] ";
-    if (skip[size_t(i)]) {
-      ++skipped;
+    const std::string counter = "[" + std::to_string(pos + 1) + "/" + std::to_string(n) + "] ";
+    auto report_line = [&] {
+      report.line(line);
+      if (opt.on_line) opt.on_line(line);
+      tally.add(line);
+    };
+    if (skip[size_t(pos)]) {
       log_info(counter + "skipped (outputs exist): " + short_prompt(run.req.prompt));
       line.update({{"status", "skipped"}, {"error", nullptr}, {"seconds", 0.0}, {"seed", run.req.seed},
                    {"random_seed", run.random_seed}, {"outputs", run.outputs}, {"prompt", run.req.prompt},
                    {"model", run.req.model}});
-      report.line(line);
+      report_line();
       continue;
     }
     log_info(counter + short_prompt(run.req.prompt) + " (seed " + std::to_string(run.req.seed) + ")");
     const auto t0 = std::chrono::steady_clock::now();
-    const std::string key = pipeline_key(run.req);
+    GenerateRequest r = request(pos);
+    const std::string key = pipeline_key(r);
     std::string status = "ok", error;
     std::vector<std::string> written;
-    GenerateRequest r = run.req;
     Pipeline* pipe = nullptr;
+    bool interrupted = false;
     try {
       if (auto e = load_errors.find(key); e != load_errors.end()) {
         status = "failed";
         error = e->second;
       } else {
+        // A worker takes runs in any order: it keeps one model loaded at a time.
+        if (worker && !pipelines.count(key)) pipelines.clear();
         auto& slot = pipelines[key];
         if (!slot) {
           try {
@@ -212,36 +261,28 @@ int run_jobs(const JobFile& jobs, const RunOptions& opt) {
       error = load_errors.count(key) ? load_errors[key] : first_line(e.what());
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (status == "ok") ++ok;
-    else if (status == "invalid") ++invalid;
-    else if (status == "failed") ++failed;
     if (status != "ok" && status != "interrupted")
       std::fprintf(stderr, "mmdit: error: jobs[%d] (run %d): %s\n", run.job, run.index, error.c_str());
     line.update({{"status", status}, {"error", error.empty() ? nlohmann::json(nullptr) : nlohmann::json(error)},
                  {"seconds", std::round(secs * 1000) / 1000}, {"seed", run.req.seed},
                  {"random_seed", run.random_seed}, {"outputs", written}, {"prompt", run.req.prompt},
                  {"model", run.req.model}});
-    report.line(line);
-    if (interrupted) {
-      ++i;
-      break;
-    }
+    if (!opt.device.empty()) line["device"] = opt.device;
+    if (opt.worker >= 0) line["worker"] = opt.worker;
+    report_line();
+    if (interrupted) break;
     // Free pipelines that no later run needs.
-    if (auto lu = last_use.find(key); lu != last_use.end() && lu->second <= i) pipelines.erase(key);
+    if (!worker)
+      if (auto lu = last_use.find(key); lu != last_use.end() && lu->second <= pos) pipelines.erase(key);
   }
   pipelines.clear();
 
-  const int not_run = n - ok - failed - invalid - skipped;  // the interrupted run counts as not run
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  const int code = interrupted ? 130 : (failed || invalid) ? 1 : 0;
-  char summary[256];
-  std::snprintf(summary, sizeof summary, "mmdit run: %d ok, %d failed, %d invalid, %d skipped, %d not run of %d runs in %.1f s%s",
-                ok, failed, invalid, skipped, not_run, n, total, interrupted ? " (interrupted)" : "");
-  std::fprintf(stderr, "%s\n", summary);
-  report.line({{"summary", true}, {"runs", n}, {"ok", ok}, {"failed", failed}, {"invalid", invalid},
-               {"skipped", skipped}, {"interrupted", interrupted}, {"not_run", not_run},
-               {"seconds", std::round(total * 1000) / 1000}, {"exit_code", code}});
-  return code;
+  if (!worker) {
+    std::fprintf(stderr, "%s\n", tally.text(total).c_str());
+    report.line(tally.summary(total));
+  }
+  return tally.exit_code();
 }
 
 }  // namespace mmdit

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -59,6 +60,28 @@ struct RunOptions {
   std::string report;  // JSON-lines report path; empty = none
   // Set (by a signal handler) to stop: checked between jobs and between denoising steps.
   const volatile std::sig_atomic_t* stop = nullptr;
+  // Batch over machines (`--shard K/N`): only the runs whose index is K mod N.
+  int shard = 0, shards = 1;
+  // A worker of `run --gpus N` (apps/run.cpp): `next` hands out positions in shard_runs() (-1: none left)
+  // instead of going in order; each report line also goes to `on_line`; `device` replaces each run's device;
+  // no summary (the parent writes it).
+  std::function<int()> next;
+  std::function<void(const nlohmann::ordered_json&)> on_line;
+  std::string device;
+  int worker = -1;  // the worker's number, recorded in its report lines
+};
+
+// Positions in jobs.runs of the runs this shard makes, in order.
+std::vector<int> shard_runs(const JobFile& jobs, int shard, int shards);
+
+// The counts of a run's report lines, and the summary line and exit code they make.
+struct RunTally {
+  int ok = 0, failed = 0, invalid = 0, skipped = 0, runs = 0;
+  bool interrupted = false;
+  void add(const nlohmann::ordered_json& line);
+  int exit_code() const { return interrupted ? 130 : (failed || invalid) ? 1 : 0; }
+  nlohmann::ordered_json summary(double seconds) const;
+  std::string text(double seconds) const;  // "mmdit run: 3 ok, 0 failed, ... of 4 runs in 2.0 s"
 };
 
 // Runs the jobs; returns the exit code: 0 all ok or skipped, 1 some job failed or was invalid at
