@@ -16,6 +16,7 @@
 #include "core/errors.h"
 #include "core/jobs.h"
 #include "core/log.h"
+#include "core/weights.h"
 
 namespace mmdit {
 namespace {
@@ -198,6 +199,9 @@ void run_command(RunFlags& f) {
   install_handlers();
   f.options.stop = &g_stop;
   int code = 0;
+  // Benchmarks only (docs/BENCHMARKS.md): random weights made on the device, so that full-size configs can be timed.
+  const char* random = std::getenv("MMDIT_RANDOM_WEIGHTS");
+  const bool random_weights = random && std::string(random) == "1";
   if (const char* port = std::getenv("MMDIT_JOB_PORT"); port && *port) {  // a worker of run_on_workers
     auto store = join_local_store(std::atoi(port));
     f.options.next = [store] { return int(store_add(*store, "next", 1) - 1); };
@@ -207,12 +211,14 @@ void run_command(RunFlags& f) {
     const char* worker = std::getenv("MMDIT_JOB_WORKER");
     f.options.worker = worker ? std::atoi(worker) : 0;
     f.options.report.clear();
+    if (random_weights) set_random_weights(true, f.options.device);
     code = run_jobs(jobs, f.options);
   } else if (const auto devices = requested_devices(f.gpus, f.devices); devices.size() > 1) {
     if (f.file == "-") throw UsageError("--gpus/--devices: the workers read the job file again; give a file, not stdin");
     code = run_on_workers(f, jobs, devices);
   } else {
     if (devices.size() == 1) f.options.device = devices[0];
+    if (random_weights) set_random_weights(true, f.options.device.empty() ? jobs.runs.front().req.device : f.options.device);
     code = run_jobs(jobs, f.options);
   }
   if (code != 0) throw ExitStatus{code};

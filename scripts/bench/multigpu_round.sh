@@ -4,6 +4,8 @@
 #   build     mmdit against the box's torch (fused kernels, NCCL);
 #   parity    every tiny golden case of FLUX / CogVideoX (and SD3 when carried) on 1 GPU and on N GPUs with each
 #             strategy: f32 <= 1 level and bf16 >= 45 dB against the one-GPU image;
+#   runjobs   `mmdit run` of a 20-run job file (SD3.5-large 1024², 8 steps, random weights) on 1 GPU, then
+#             `run --gpus N`: throughput;
 #   sd35l flux cogvideox
 #             per-step and whole-pipeline times, bf16, random weights, 1 GPU then N GPUs, same call; one JSON line
 #             per rank (its peak memory).
@@ -40,11 +42,28 @@ for w in "$@"; do case $w in
       || { grep -E "error" -A3 "$OUT/build.txt" | head -40; exit 1; } ;;
   parity)
     for g in sd3_pipeline flux cogvideox; do
-      [ -d $G/$g ] && python3 scripts/bench/device_parity.py $M $G/$g --multi "--gpus $N --parallel cfg" \
-        --multi "--gpus $N --parallel ulysses" --multi "--gpus $N --parallel auto" | tee -a "$R"
+      multi=(); for p in ${PARITY_STRATEGIES:-cfg ulysses auto}; do multi+=(--multi "--gpus $N --parallel $p"); done
+      [ -d $G/$g ] && python3 scripts/bench/device_parity.py $M $G/$g "${multi[@]}" | tee -a "$R"
     done ;;
   sd35l) timed sd35l $L/sd3.5-large "${CFG_STRATEGIES:-cfg ulysses}" --width 1024 --height 1024 --cfg 7 ;;
   flux) timed flux $L/flux-dev "ulysses" --width 1024 --height 1024 ;;
   cogvideox) timed cogvideox $L/cogvideox-5b "${CFG_STRATEGIES:-cfg ulysses}" --width 720 --height 480 --frames 49 --cfg 6 ;;
+  runjobs)
+    python3 - "$PWD/$L/sd3.5-large" "$OUT/jobs20.json" <<'PY'
+import json, sys
+runs = [{"prompt": f"a lighthouse at dusk, study {i}", "seed": i} for i in range(20)]
+d = {"model": sys.argv[1], "width": 1024, "height": 1024, "steps": 8, "cfg": 4.5, "device": "cuda", "dtype": "bf16",
+     "output": "/tmp/jobs20/img-{index}.png"}
+json.dump({"defaults": d, "jobs": runs}, open(sys.argv[2], "w"))
+PY
+    for g in 1 $N; do
+      rm -rf /tmp/jobs20; mkdir -p /tmp/jobs20
+      flag=(); [ $g -gt 1 ] && flag=(--gpus $g)
+      t0=$(date +%s.%N)
+      MMDIT_RANDOM_WEIGHTS=1 $M run -q "$OUT/jobs20.json" "${flag[@]}" --report "$OUT/jobs20-$g.jsonl" > /dev/null
+      rc=$?
+      t1=$(date +%s.%N)
+      echo "{\"label\": \"run 20 jobs on $g gpu\", \"exit\": $rc, \"wall_s\": $(python3 -c "print(round($t1 - $t0, 2))"), \"images\": $(ls /tmp/jobs20 | wc -l)}" | tee -a "$R"
+    done ;;
 esac; echo "$w done after $(( $(date +%s) - start )) s"; done
 echo "round done"
