@@ -81,7 +81,9 @@ class ThreadComm : public Communicator {
       if (!slot) slot = std::make_shared<ThreadHub>(int(members.size()));
       sub = slot;
     }
-    return std::make_shared<ThreadComm>(index, sub);
+    auto& cached = groups_[name];
+    if (!cached) cached = std::make_shared<ThreadComm>(index, sub);
+    return cached;
   }
 
   static void check_chunks(const at::Tensor& x, int n) {
@@ -102,6 +104,7 @@ class ThreadComm : public Communicator {
 
   int rank_;
   std::shared_ptr<ThreadHub> hub_;
+  std::map<std::string, std::shared_ptr<Communicator>> groups_;  // made once: a group is set up once per process
 };
 
 // --- bytes through the rendezvous store (CPU processes) ---------------------------------------------------
@@ -152,10 +155,11 @@ class StoreComm : public Communicator {
   }
   void barrier() override { all_gather(at::zeros({1})); }
   std::shared_ptr<Communicator> group(const std::vector<int>& members, const std::string& name) override {
+    if (auto it = groups_.find(name); it != groups_.end()) return it->second;
     for (size_t i = 0; i < members.size(); ++i)
       if (members[i] == rank_)
-        return std::make_shared<StoreComm>(c10::make_intrusive<c10d::PrefixStore>(name, store_), int(i),
-                                           int(members.size()));
+        return groups_[name] = std::make_shared<StoreComm>(c10::make_intrusive<c10d::PrefixStore>(name, store_),
+                                                            int(i), int(members.size()));
     throw std::logic_error("communicator group " + name + ": this rank is not a member");
   }
 
@@ -173,6 +177,7 @@ class StoreComm : public Communicator {
   int rank_, world_;
   uint64_t seq_ = 0;
   std::vector<std::string> pending_, stale_;
+  std::map<std::string, std::shared_ptr<Communicator>> groups_;
 };
 
 #if MMDIT_HAVE_NCCL
@@ -211,10 +216,13 @@ class NcclComm : public Communicator {
   }
   void barrier() override { all_gather(at::zeros({1}, at::TensorOptions().device(at::kCUDA))); }
   std::shared_ptr<Communicator> group(const std::vector<int>& members, const std::string& name) override {
+    // Made once and kept: a new NCCL communicator costs its set-up at the first collective, and the store keys of
+    // a group's name belong to its first communicator.
+    if (auto it = groups_.find(name); it != groups_.end()) return it->second;
     for (size_t i = 0; i < members.size(); ++i)
       if (members[i] == rank_)
-        return std::make_shared<NcclComm>(c10::make_intrusive<c10d::PrefixStore>(name, store_), int(i),
-                                          int(members.size()));
+        return groups_[name] = std::make_shared<NcclComm>(c10::make_intrusive<c10d::PrefixStore>(name, store_),
+                                                           int(i), int(members.size()));
     throw std::logic_error("communicator group " + name + ": this rank is not a member");
   }
 
@@ -222,6 +230,7 @@ class NcclComm : public Communicator {
   c10::intrusive_ptr<c10d::Store> store_;
   int rank_, world_;
   c10::intrusive_ptr<c10d::ProcessGroupNCCL> pg_;
+  std::map<std::string, std::shared_ptr<Communicator>> groups_;
 };
 #endif
 

@@ -25,7 +25,8 @@ class Communicator {
   virtual at::Tensor all_to_all(const at::Tensor& x) = 0;
   virtual void barrier() = 0;
   // A communicator over the ranks `members` (in this order; this rank among them). Every member calls it with
-  // the same list, in the same order relative to other collectives; `name` tells groups apart.
+  // the same list, in the same order relative to other collectives; `name` tells groups apart. A name asked for
+  // again gives the group made the first time.
   virtual std::shared_ptr<Communicator> group(const std::vector<int>& members, const std::string& name) = 0;
   virtual std::string kind() const = 0;  // "nccl", "store", "threads"
 };
