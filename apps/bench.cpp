@@ -30,6 +30,7 @@ struct BenchOptions {
   int warmup_steps = 0;  // 0: as many as the timed runs
   std::string attention = "auto";
   std::vector<std::string> variants;
+  int prompts = 1;             // a multi-prompt video of this many prompts (samplers/prompt_schedule.h)
   int gpus = 0;                // one generation over several GPUs (apps/launch.h)
   std::string parallel = "auto";
   std::string profile;  // a folder: a Kineto trace of each variant's first timed run (scripts/bench/profile_summary.py)
@@ -58,6 +59,8 @@ void time_request(Pipeline& pipe, GenerateRequest r, const BenchOptions& o, doub
   for (int run = 0; run <= last; ++run) {  // run 0 warms up (kernel selection, allocator)
     GenerateRequest q = r;
     q.prompt = r.prompt + " (run " + std::to_string(run) + ")";  // a new prompt: encoding is timed too
+    for (int i = 0; i < o.prompts && o.prompts > 1; ++i)
+      q.prompts.push_back({q.prompt + ", part " + std::to_string(i + 1), 1});
     if (run == 0 && o.warmup_steps > 0) q.steps = o.warmup_steps;
     std::vector<double> stamps;
     sync();
@@ -95,7 +98,7 @@ void time_request(Pipeline& pipe, GenerateRequest r, const BenchOptions& o, doub
                               {"attention", o.attention}, {"random_weights", o.random_weights},
                               {"load_s", load_s}, {"step_ms", median(steps) * 1000.0},
                               {"pipeline_s", median(totals)}, {"runs", o.runs},
-                              {"vae_tiling", r.vae_tiling},
+                              {"vae_tiling", r.vae_tiling}, {"prompts", o.prompts},
                               {"peak_memory_gib", double(peak_device_memory(at::Device(r.device))) / (1u << 30)},
                               {"memory_after_gib", double(device_memory_allocated(at::Device(r.device))) / (1u << 30)},
                               {"request", request_json(r)}};
@@ -164,6 +167,8 @@ Command add_bench_command(CLI::App& app) {
   sub->add_option("--runs", o->runs, "Timed runs after one warm-up")->check(CLI::PositiveNumber);
   sub->add_option("--profile", o->profile, "Folder for a Kineto trace of each variant's first timed run (trace-N.json)");
   sub->add_option("--attention", o->attention, "SDPA backend: auto, flash, cudnn, efficient, math")->capture_default_str();
+  sub->add_option("--prompts", o->prompts, "Time a multi-prompt video of N prompts (video models)")
+      ->check(CLI::Range(1, 16));
   sub->add_option("--gpus", o->gpus, "Time one generation over N GPUs (one worker each)")->check(CLI::PositiveNumber);
   sub->add_option("--parallel", o->parallel, "With --gpus: auto, cfg or ulysses")
       ->check(CLI::IsMember({"auto", "cfg", "ulysses"}));

@@ -6,6 +6,8 @@
 #             strategy: f32 <= 1 level and bf16 >= 45 dB against the one-GPU image;
 #   runjobs   `mmdit run` of a 20-run job file (SD3.5-large 1024², 8 steps, random weights) on 1 GPU, then
 #             `run --gpus N`: throughput;
+#   multiprompt  issue 17 on one GPU: a 3-prompt CogVideoX-5B video at 480x720 (DiTCtrl tiles) against one clip
+#             (three clips = 3x its time), MP_STEPS steps, bf16, random weights: time and peak memory;
 #   sd35l flux cogvideox
 #             per-step and whole-pipeline times, bf16, random weights, 1 GPU then N GPUs, same call; one JSON line
 #             per rank (its peak memory).
@@ -48,6 +50,12 @@ for w in "$@"; do case $w in
   sd35l) timed sd35l $L/sd3.5-large "${CFG_STRATEGIES:-cfg ulysses}" --width 1024 --height 1024 --cfg 7 ;;
   flux) timed flux $L/flux-dev "ulysses" --width 1024 --height 1024 ;;
   cogvideox) timed cogvideox $L/cogvideox-5b "${CFG_STRATEGIES:-cfg ulysses}" --width 720 --height 480 --frames 49 --cfg 6 ;;
+  multiprompt)
+    for p in 1 3; do
+      $M bench --model $L/cogvideox-5b --random-weights --device cuda --dtype bf16 --runs 1 --steps ${MP_STEPS:-10} \
+        --warmup-steps 1 --width 720 --height 480 --frames 49 --cfg 6 --prompts $p \
+        | sed "s/^{/{\"label\": \"cogvideox-5b $p prompts\", /" | tee -a "$R"
+    done ;;
   runjobs)
     python3 - "$PWD/$L/sd3.5-large" "$OUT/jobs20.json" <<'PY'
 import json, sys
