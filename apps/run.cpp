@@ -2,6 +2,7 @@
 // first (every problem one line on stderr, exit 2, nothing run), then runs the jobs (core/jobs.h).
 #include <chrono>
 #include <csignal>
+#include <filesystem>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include "core/errors.h"
 #include "core/jobs.h"
 #include "core/log.h"
+#include "models/pipeline.h"
 #include "core/weights.h"
 
 namespace mmdit {
@@ -202,6 +204,27 @@ void run_command(RunFlags& f) {
   // Benchmarks only (docs/BENCHMARKS.md): random weights made on the device, so that full-size configs can be timed.
   const char* random = std::getenv("MMDIT_RANDOM_WEIGHTS");
   const bool random_weights = random && std::string(random) == "1";
+  if (const char* one = std::getenv("MMDIT_JOB_ONE"); one && *one && in_worker()) {
+    // A rank of one run's world (RunOptions::spread below): make that run, rank 0 writes it.
+    const int index = std::atoi(one);
+    std::signal(SIGINT, SIG_DFL);  // Ctrl-C ends this rank (its output is written atomically or not at all)
+    std::signal(SIGTERM, SIG_DFL);
+    for (const JobRun& run : jobs.runs) {
+      if (run.index != index) continue;
+      GenerateRequest r = run.req;
+      join_world(r.device, r.gpus, r.devices, r.parallel);
+      for (const auto& o : run.outputs)
+        if (const auto dir = std::filesystem::path(o).parent_path(); !dir.empty()) std::filesystem::create_directories(dir);
+      generate(r);
+      return;
+    }
+    throw UsageError("MMDIT_JOB_ONE=" + std::string(one) + ": no such run");
+  }
+  // A run over several devices: a world of workers that runs this same command and makes just that run.
+  f.options.spread = [](const JobRun& run) {
+    return run_world(requested_devices(run.req.gpus, run.req.devices),
+                     {{"MMDIT_JOB_ONE", std::to_string(run.index)}, {"MMDIT_SEED", std::to_string(run.req.seed)}});
+  };
   if (const char* port = std::getenv("MMDIT_JOB_PORT"); port && *port) {  // a worker of run_on_workers
     auto store = join_local_store(std::atoi(port));
     f.options.next = [store] { return int(store_add(*store, "next", 1) - 1); };

@@ -147,6 +147,9 @@ int run_jobs(const JobFile& jobs, const RunOptions& opt) {
   // A run's request as this process makes it (a worker's device).
   auto request = [&](int pos) {
     GenerateRequest r = jobs.runs[size_t(mine[size_t(pos)])].req;
+    // One device named by "gpus": 1 or "devices": "cuda:1" is this run's device.
+    if (r.gpus == 1 && r.devices.empty()) r.device = "cuda:0";
+    if (!r.devices.empty() && r.devices.find(',') == std::string::npos) r.device = r.devices;
     if (!opt.device.empty()) r.device = opt.device;
     return r;
   };
@@ -194,8 +197,28 @@ int run_jobs(const JobFile& jobs, const RunOptions& opt) {
     std::vector<std::string> written;
     Pipeline* pipe = nullptr;
     bool interrupted = false;
+    const bool several = r.gpus > 1 || r.devices.find(',') != std::string::npos;
     try {
-      if (auto e = load_errors.find(key); e != load_errors.end()) {
+      if (several) {
+        // One generation over several devices: its own world of workers, which loads the model for this run.
+        int code = 2;
+        try {
+          if (worker || !opt.spread)
+            throw UsageError("gpus/devices: a run over several devices cannot run inside `run --gpus`; run the file without --gpus");
+          code = opt.spread(run);
+        } catch (const InputError& e) {  // more GPUs than the machine has, a malformed device list
+          status = "invalid";
+          error = first_line(e.what());
+        }
+        if (code == 130 || code == 128 + SIGTERM) throw Interrupted{};
+        if (code == 2) status = "invalid";
+        if (code == 0) {
+          written = run.outputs;
+        } else if (error.empty()) {
+          if (status == "ok") status = "failed";
+          error = "the generation over several devices ended with exit status " + std::to_string(code);
+        }
+      } else if (auto e = load_errors.find(key); e != load_errors.end()) {
         status = "failed";
         error = e->second;
       } else {

@@ -69,6 +69,9 @@ struct RunOptions {
   std::function<void(const nlohmann::ordered_json&)> on_line;
   std::string device;
   int worker = -1;  // the worker's number, recorded in its report lines
+  // A run with "gpus" > 1 or several "devices" (one generation over several devices): started by this callback
+  // (apps/run.cpp: a world of workers that makes just this run); returns their exit status.
+  std::function<int(const JobRun&)> spread;
 };
 
 // Positions in jobs.runs of the runs this shard makes, in order.

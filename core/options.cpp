@@ -196,6 +196,14 @@ std::vector<RequestOption> make_options() {
                               "the steps, DiTCtrl's 2-24 of 50)", Type::String, &R::kv_share_steps);
   t.flag("no_kv_share", "Multi-prompt video: no K/V sharing between tiles (latent blending only)", &R::no_kv_share);
 
+  t.group = "Several GPUs";
+  t.integer("gpus", "", "One generation over N GPUs of this machine (cuda:0..N-1), one worker each; the same image as "
+            "one GPU (docs/SCALING.md)", &R::gpus, 1, 64);
+  t.str("devices", "", "One generation over these devices, e.g. cuda:0,cuda:2 (cpu,cpu: a slow CPU test of the same "
+        "path)", Type::String, &R::devices);
+  t.str("parallel", "", "How to split it: auto (CFG halves, then Ulysses over heads), cfg or ulysses (default auto)",
+        Type::String, &R::parallel).choices = {"auto", "cfg", "ulysses"};
+
   t.group = "Encoders";
   t.integer("max_sequence_length", "", "T5 tokens (SD3 default 256)", &R::max_sequence_length, 1, 512);
   t.str("clip_l", "", "CLIP-L text encoder (file or folder) for single-file checkpoints", Type::Path, &R::clip_l);

@@ -18,6 +18,10 @@ struct GenerateRequest {
   std::string device = "cpu";
   std::string dtype;  // empty: f32 on cpu, bf16 on cuda
   bool no_fused = false;  // the plain path instead of the fused kernels (models/fused_ops.h)
+  // One generation over several devices (core/parallel.h, docs/SCALING.md): the same image as one device.
+  int gpus = 0;                    // cuda:0..gpus-1; 0 or 1: one device
+  std::string devices;             // or these, e.g. "cuda:0,cuda:2"
+  std::string parallel = "auto";   // auto, cfg or ulysses
   // What to make. 0 / negative values mean "the pipeline's default".
   std::string prompt, negative_prompt, output;
   int width = 0, height = 0, steps = 0, batch = 1, max_sequence_length = 0;

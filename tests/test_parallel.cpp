@@ -339,6 +339,26 @@ TEST(Parallel, WorkerProcessesMeetAndWriteOneImage) {
   EXPECT_LE(max_diff(read_png(dir / "two.png"), read_png(goldens() / "sd3_pipeline" / "sd3_square_cfg.png")), 1);
 }
 
+TEST(Parallel, JobRunOverSeveralDevicesEqualsOneDevice) {
+  // A job with "devices": its own world of workers makes that run; the other runs stay in the one process.
+  const auto dir = test::temp_dir("parallel_job");
+  const nlohmann::json d = {{"model", (goldens() / "sd3_pipeline" / "tiny-sd3").string()}, {"steps", 3}, {"width", 64},
+                            {"height", 64}, {"cfg", 4.0}, {"seed", 5}, {"prompt", "a red circle"}};
+  const nlohmann::json jobs = {{"defaults", d},
+                               {"jobs", {{{"output", "one.png"}},
+                                         {{"output", "two.png"}, {"devices", "cpu,cpu"}},
+                                         {{"output", "ulysses.png"}, {"devices", "cpu,cpu"}, {"parallel", "ulysses"}}}}};
+  std::ofstream(dir / "jobs.json") << jobs.dump();
+  auto r = test::run_mmdit("run -q " + (dir / "jobs.json").string() + " --report " + (dir / "report.jsonl").string(),
+                           "parallel_job");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Image one = read_png(dir / "one.png");
+  // f32 on the CPU: within 1 level (a half batch per rank may round a GEMM differently).
+  EXPECT_LE(max_diff(read_png(dir / "two.png"), one), 1);
+  EXPECT_LE(max_diff(read_png(dir / "ulysses.png"), one), 1);
+  EXPECT_NE(read_png_text(dir / "two.png")["mmdit"].find("\"devices\":\"cpu,cpu\""), std::string::npos);
+}
+
 void expect_one_line_exit_2(const test::RunResult& r, const std::string& words) {
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
