@@ -213,6 +213,8 @@ void run_command(RunFlags& f) {
       if (run.index != index) continue;
       GenerateRequest r = run.req;
       join_world(r.device, r.gpus, r.devices, r.parallel);
+      const char* random = std::getenv("MMDIT_RANDOM_WEIGHTS");  // benchmarks: the same random weights on every rank
+      if (random && std::string(random) == "1") set_random_weights(true, r.device);
       for (const auto& o : run.outputs)
         if (const auto dir = std::filesystem::path(o).parent_path(); !dir.empty()) std::filesystem::create_directories(dir);
       generate(r);

@@ -1,6 +1,7 @@
 #include "core/weights.h"
 
 #include <fstream>
+#include <mutex>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -120,7 +121,15 @@ at::Tensor WeightStore::get(const std::string& name) const {
 namespace {
 void fill_random(torch::nn::Module& module) {
   const at::Device device(g_random_device);
-  auto gen = device.is_cuda() ? at::Generator() : at::make_generator<at::CPUGeneratorImpl>(0);
+  // Seed 0 for every module, as on the CPU: the same weights in every process (the ranks of one generation).
+  at::Generator gen;
+  if (device.is_cuda()) {
+    gen = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_current_seed(0);
+  } else {
+    gen = at::make_generator<at::CPUGeneratorImpl>(0);
+  }
   auto fill = [&](const std::string& name, at::Tensor& t) {
     if (!t.is_floating_point()) return;
     at::Tensor r = at::empty(t.sizes(), t.options().device(device));

@@ -56,6 +56,25 @@ for w in "$@"; do case $w in
         --warmup-steps 1 --width 720 --height 480 --frames 49 --cfg 6 --prompts $p \
         | sed "s/^{/{\"label\": \"cogvideox-5b $p prompts\", /" | tee -a "$R"
     done ;;
+  fullimage)
+    # The same image on N GPUs as on one at full size: FLUX.1-dev 1024², 8 steps, random weights (the same on every
+    # rank), bf16; Ulysses over N, and CFG x Ulysses on SD3.5-large.
+    python3 - "$PWD/$L" "$OUT/full.json" $N <<'PY'
+import json, sys
+lay, n = sys.argv[1], int(sys.argv[3])
+base = {"prompt": "a lighthouse at dusk", "seed": 3, "steps": 8, "width": 1024, "height": 1024, "device": "cuda", "dtype": "bf16"}
+jobs = [dict(base, model=f"{lay}/flux-dev", output="/tmp/full/flux-1.png"),
+        dict(base, model=f"{lay}/flux-dev", output=f"/tmp/full/flux-{n}.png", gpus=n, parallel="ulysses"),
+        dict(base, model=f"{lay}/sd3.5-large", cfg=7, output="/tmp/full/sd35l-1.png"),
+        dict(base, model=f"{lay}/sd3.5-large", cfg=7, output=f"/tmp/full/sd35l-{n}.png", gpus=n, parallel="auto")]
+json.dump({"jobs": jobs}, open(sys.argv[2], "w"))
+PY
+    rm -rf /tmp/full; mkdir -p /tmp/full
+    MMDIT_RANDOM_WEIGHTS=1 $M run -q "$OUT/full.json" --report "$OUT/full.jsonl" > /dev/null
+    for m in flux sd35l; do
+      echo "{\"label\": \"full-size $m 1 vs $N gpus\", \"compare\": $(python3 scripts/bench/psnr.py /tmp/full/$m-1.png /tmp/full/$m-$N.png)}" | tee -a "$R"
+    done
+    cp /tmp/full/*.png "$OUT/" ;;
   runjobs)
     python3 - "$PWD/$L/sd3.5-large" "$OUT/jobs20.json" <<'PY'
 import json, sys
