@@ -272,7 +272,7 @@ std::shared_ptr<Store> connect_store(const Rendezvous& rv) {
   c10d::TCPStoreOptions o;
   o.port = uint16_t(rv.port);
   o.isServer = rv.rank == 0 && !rv.hosted;
-  if (o.isServer) o.numWorkers = size_t(rv.world);
+  o.numWorkers = size_t(rv.world);  // every rank checks in (a client without it does not), the server waits for all
   o.waitWorkers = true;
   o.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(rv.timeout);
   auto s = std::make_shared<Store>();

@@ -293,6 +293,13 @@ void expect_pipeline_on_ranks(const std::string& family, const std::string& name
   r.frames = p.value("frames", 0);
   r.dynamic_cfg = p.value("dynamic_cfg", false);
   r.max_sequence_length = p.value("max_sequence_length", 0);
+  r.shift = p.value("shift", 0.0);
+  if (p.contains("slg_scale")) {  // skip-layer guidance: a third branch, so the rows split unevenly over 2 ranks
+    r.slg_scale = p["slg_scale"];
+    r.slg_layers = p["slg_layers"].get<std::vector<int>>();
+    r.slg_start = p["slg_start"];
+    r.slg_stop = p["slg_stop"];
+  }
   const bool video = c.contains("frames");
   const std::string golden = video ? c["frames"][4].get<std::string>() : c["images"][0].get<std::string>();
   const Image expected = read_png(goldens() / family / golden);
@@ -312,6 +319,7 @@ TEST(Parallel, Sd3PipelineOnRanksEqualsDiffusers) {
   expect_pipeline_on_ranks("sd3_pipeline", "sd3_square_cfg", 2, "cfg");
   expect_pipeline_on_ranks("sd3_pipeline", "sd3_square_cfg", 2, "ulysses");
   expect_pipeline_on_ranks("sd3_pipeline", "sd3_square_cfg", 4, "auto");  // CFG 2 x Ulysses 2
+  expect_pipeline_on_ranks("sd3_pipeline", "sd35m_slg_tall", 2, "cfg");   // [uncond, cond, skip-layer] on 2 ranks
 }
 
 TEST(Parallel, FluxPipelineOnRanksEqualsDiffusers) {
@@ -357,6 +365,31 @@ TEST(Parallel, JobRunOverSeveralDevicesEqualsOneDevice) {
   EXPECT_LE(max_diff(read_png(dir / "two.png"), one), 1);
   EXPECT_LE(max_diff(read_png(dir / "ulysses.png"), one), 1);
   EXPECT_NE(read_png_text(dir / "two.png")["mmdit"].find("\"devices\":\"cpu,cpu\""), std::string::npos);
+}
+
+TEST(Parallel, TorchrunStyleRanksMeetAtRankZerosStore) {
+  // What torchrun or a Slurm script sets up: RANK, WORLD_SIZE, MASTER_ADDR/PORT; rank 0 serves the TCPStore.
+  const auto dir = test::temp_dir("parallel_torchrun");
+  const std::string port = std::to_string(29000 + ::getpid() % 1000);
+  const std::string args = " generate -q --model " + (goldens() / "sd3_pipeline" / "tiny-sd3").string() +
+                           " --prompt 'a small red circle above a blue square' --seed 42 --steps 4 --cfg 7 --width 128"
+                           " --height 128 --output " + (dir / "out.png").string();
+  std::vector<std::thread> ranks;
+  std::vector<int> codes(2, -1);
+  for (int rank = 0; rank < 2; ++rank)
+    ranks.emplace_back([&, rank] {
+      const std::string env = "RANK=" + std::to_string(rank) + " LOCAL_RANK=" + std::to_string(rank) +
+                              " WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port + " ";
+      const int status = std::system((env + MMDIT_BINARY + args + " >" + (dir / ("out" + std::to_string(rank))).string() +
+                                      " 2>" + (dir / ("err" + std::to_string(rank))).string()).c_str());
+      codes[size_t(rank)] = WEXITSTATUS(status);
+    });
+  for (auto& t : ranks) t.join();
+  std::ifstream err0(dir / "err0"), out1(dir / "out1");
+  EXPECT_EQ(codes[0], 0) << std::string((std::istreambuf_iterator<char>(err0)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(codes[1], 0);
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(out1)), std::istreambuf_iterator<char>()), "");  // rank 1 writes nothing
+  EXPECT_LE(max_diff(read_png(dir / "out.png"), read_png(goldens() / "sd3_pipeline" / "sd3_square_cfg.png")), 1);
 }
 
 void expect_one_line_exit_2(const test::RunResult& r, const std::string& words) {
