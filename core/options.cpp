@@ -195,6 +195,9 @@ std::vector<RequestOption> make_options() {
   t.str("kv_share_steps", "", "Multi-prompt video: steps FIRST-LAST (0-based) of the K/V sharing (default: 4% to 48% of "
                               "the steps, DiTCtrl's 2-24 of 50)", Type::String, &R::kv_share_steps);
   t.flag("no_kv_share", "Multi-prompt video: no K/V sharing between tiles (latent blending only)", &R::no_kv_share);
+  t.str("kv_share_words", "", "Multi-prompt video: DiTCtrl's mask-guided sharing, one subject word per prompt "
+        "(comma-separated): a tile's foreground reads the previous tile's foreground, its background the background",
+        Type::String, &R::kv_share_words);
 
   t.group = "Several GPUs";
   t.integer("gpus", "", "One generation over N GPUs of this machine (cuda:0..N-1), one worker each; the same image as "

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <map>
+#include <sstream>
 
 #include <torch/torch.h>
 
@@ -15,6 +16,7 @@
 #include "models/t5_encoder.h"
 #include "models/t5_tokenizer.h"
 #include "samplers/cogvideox_schedulers.h"
+#include "controls/consistedit.h"
 #include "controls/kv_share.h"
 #include "samplers/cfg_parallel.h"
 #include "samplers/guidance.h"
@@ -121,7 +123,7 @@ void CogVideoXPipeline::resolve(GenerateRequest& r) const {
     if (!r.kv_share_steps.empty()) parse_kv_share_steps(r.kv_share_steps, r.steps, w);
     GenerateRequest plain = r;
     plain.prompts.clear(), plain.overlap = -1, plain.transition_tiles = 2, plain.kv_share_layers.clear();
-    plain.kv_share_steps.clear(), plain.no_kv_share = false;
+    plain.kv_share_steps.clear(), plain.no_kv_share = false, plain.kv_share_words.clear();
     if (!make_controls(plain, shape()).empty())
       throw UsageError("--prompt given several times: a multi-prompt video does not take other attention controls "
                        "or guidance branches yet");
@@ -253,6 +255,30 @@ Video CogVideoXPipeline::generate_multiprompt(const GenerateRequest& r, const st
   if (!r.kv_share_layers.empty()) window.layers = r.kv_share_layers;
   if (!r.kv_share_steps.empty()) parse_kv_share_steps(r.kv_share_steps, r.steps, window);
   std::unique_ptr<Control> kv = make_kv_share(window.layers, window.first_step, window.last_step);
+  // --kv-share-words: DiTCtrl's mask-guided sharing; each tile's subject tokens are those of the prompts it mixes.
+  std::unique_ptr<MaskedKvShare> masked;
+  std::vector<std::vector<int64_t>> tile_words;
+  if (!r.kv_share_words.empty()) {
+    std::vector<std::vector<int64_t>> prompt_words;
+    std::stringstream list(r.kv_share_words);
+    std::string word;
+    for (size_t j = 0; std::getline(list, word, ','); ++j) {
+      const auto& prompt = r.prompts.at(j).prompt;
+      auto at = token_positions(tok_->encode(prompt, r.max_sequence_length), tok_->tokenize(word));
+      if (word.empty() || at.empty())
+        throw UsageError("--kv-share-words: '" + word + "' is not a word of prompt " + std::to_string(j + 1) + " ('" + prompt + "')");
+      prompt_words.push_back(at);
+    }
+    for (const PromptTile& t : plan.tiles) {
+      std::vector<int64_t> cols;
+      if (t.weight < 1) cols = prompt_words[size_t(t.first)];
+      if (t.weight > 0) cols.insert(cols.end(), prompt_words[size_t(t.second)].begin(), prompt_words[size_t(t.second)].end());
+      tile_words.push_back(cols);
+    }
+    const int64_t pt = tc.patch_size_t ? tc.patch_size_t : 1;
+    masked = make_masked_kv_share(window.layers, window.first_step, window.last_step, T / pt,
+                                  r.height / s / tc.patch_size, r.width / s / tc.patch_size);
+  }
 
   at::Tensor old_x0;
   const int64_t pairs = int64_t(plan.tiles.size()) - 1;
@@ -269,7 +295,12 @@ Video CogVideoXPipeline::generate_multiprompt(const GenerateRequest& r, const st
       ctx.model = shape();
       ctx.step = i, ctx.num_steps = r.steps, ctx.timestep = double(t);
       ctx.pairs = true;
-      if (!r.no_kv_share) ctx.controls = {kv.get()};
+      if (masked) {
+        masked->set_words(tile_words[size_t(k)], tile_words[size_t(k + 1)]);
+        ctx.controls = {masked.get()};
+      } else if (!r.no_kv_share) {
+        ctx.controls = {kv.get()};
+      }
       at::Tensor x, emb;
       if (cfg) {
         ctx.rows = {{Branch::Uncond, 0, 0.0, 0, 2}, {Branch::Cond, 0, 0.0, 2, 4}};

@@ -89,6 +89,7 @@ struct GenerateRequest {
   std::vector<int> kv_share_layers;  // layers where a tile attends to the previous tile's K/V; empty: the default
   std::string kv_share_steps;        // "FIRST-LAST" steps (0-based, inclusive); empty: the default
   bool no_kv_share = false;
+  std::string kv_share_words;        // mask-guided sharing: one subject word per prompt, comma-separated; empty: off
 };
 
 // One generated video: its frames in order and the frame rate to play them at.
