@@ -119,21 +119,11 @@ int run_on_workers(const RunFlags& f, const JobFile& jobs, const std::vector<std
   int port = 0;
   auto store = serve_store(port);
   const int n = int(shard_runs(jobs, f.options.shard, f.options.shards).size());
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> report(nullptr, std::fclose);
-  if (!f.options.report.empty()) {
-    report.reset(std::fopen(f.options.report.c_str(), "w"));
-    if (!report) throw FileError(f.options.report + ": cannot write the report");
-  }
+  ReportFile report(f.options.report);
   const auto t0 = std::chrono::steady_clock::now();
   RunTally tally;
   tally.runs = n;
   int done = 0;
-  auto write = [&](const nlohmann::ordered_json& j) {
-    if (!report) return;
-    const std::string s = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-    std::fwrite(s.data(), 1, s.size(), report.get());
-    std::fflush(report.get());
-  };
   WorkerOptions o;
   o.first_to_terminal = false;
   o.stop_others_on_failure = false;
@@ -142,7 +132,7 @@ int run_on_workers(const RunFlags& f, const JobFile& jobs, const std::vector<std
     while (store_pop(*store, "lines", text)) {
       auto line = nlohmann::ordered_json::parse(text);
       tally.add(line);
-      write(line);
+      report.line(line);
       const std::string status = line.value("status", "");
       std::string what = status;
       if (line.contains("outputs") && !line["outputs"].empty()) what += " " + line["outputs"][0].get<std::string>();
@@ -170,7 +160,7 @@ int run_on_workers(const RunFlags& f, const JobFile& jobs, const std::vector<std
   auto summary = tally.summary(secs);
   summary["devices"] = devices;
   if (broken && summary["exit_code"] == 0) summary["exit_code"] = 1;
-  write(summary);
+  report.line(summary);
   return summary["exit_code"].get<int>();
 }
 

@@ -15,12 +15,23 @@
 namespace mmdit {
 namespace {
 
+// Where the sharing acts: the shared layers, during steps first..last, on the joint attention of a paired pass.
+struct ShareWindow {
+  ShareWindow(const std::vector<int>& l, int f, int t) : layers(l.begin(), l.end()), first(f), last(t) {}
+  bool in_pass(const AttentionDesc& desc, const ControlContext& ctx) const {
+    return ctx.pairs && desc.sub == 0 && ctx.step >= first && ctx.step <= last;
+  }
+  bool shared(int layer) const { return layers.count(layer) != 0; }
+  std::set<int> layers;
+  int first, last;
+};
+
 class KvShare : public Control {
  public:
-  KvShare(const std::vector<int>& layers, int first, int last) : layers_(layers.begin(), layers.end()), first_(first), last_(last) {}
+  KvShare(const std::vector<int>& layers, int first, int last) : window_(layers, first, last) {}
   std::string name() const override { return "kv-share"; }
   bool touches(const AttentionDesc& desc, const ControlContext& ctx) const override {
-    return ctx.pairs && desc.sub == 0 && ctx.step >= first_ && ctx.step <= last_ && layers_.count(desc.layer) != 0;
+    return window_.in_pass(desc, ctx) && window_.shared(desc.layer);
   }
   void before(AttentionCall& call) override {
     at::Tensor k = call.k.clone(), v = call.v.clone();
@@ -33,16 +44,14 @@ class KvShare : public Control {
   }
 
  private:
-  std::set<int> layers_;
-  int first_, last_;
+  ShareWindow window_;
 };
 
 class MaskedKvShareImpl : public MaskedKvShare {
  public:
   MaskedKvShareImpl(const std::vector<int>& layers, int first, int last, int64_t frames, int64_t grid_h, int64_t grid_w,
                     double threshold)
-      : layers_(layers.begin(), layers.end()), first_(first), last_(last), frames_(frames), tokens_(frames * grid_h * grid_w),
-        threshold_(threshold) {}
+      : window_(layers, first, last), frames_(frames), tokens_(frames * grid_h * grid_w), threshold_(threshold) {}
   std::string name() const override { return "kv-share-words"; }
   void set_words(std::vector<int64_t> source, std::vector<int64_t> target) override {
     source_ = at::tensor(source, at::kLong);
@@ -52,12 +61,11 @@ class MaskedKvShareImpl : public MaskedKvShare {
   }
   // Every layer of the sharing steps: the shared ones change the target's attention, the others give their maps.
   bool touches(const AttentionDesc& desc, const ControlContext& ctx) const override {
-    return ctx.pairs && desc.sub == 0 && ctx.step >= first_ && ctx.step <= last_ && ctx.find(Branch::Cond) &&
-           desc.image.size() == tokens_;
+    return window_.in_pass(desc, ctx) && ctx.find(Branch::Cond) && desc.image.size() == tokens_;
   }
-  bool needs_lse(const AttentionDesc& desc, const ControlContext&) const override { return !layers_.count(desc.layer); }
+  bool needs_lse(const AttentionDesc& desc, const ControlContext&) const override { return !window_.shared(desc.layer); }
   void before(AttentionCall& call) override {
-    if (!layers_.count(call.desc.layer)) return;
+    if (!window_.shared(call.desc.layer)) return;
     // A shared layer's own maps come from the attention before the sharing: its own log-sum-exp of the cond rows.
     const int64_t rs = call.ctx.find(Branch::Cond)->begin;
     AttentionCall own = call;
@@ -66,7 +74,7 @@ class MaskedKvShareImpl : public MaskedKvShare {
     accumulate(own, 0);
   }
   void after(AttentionCall& call) override {
-    if (!layers_.count(call.desc.layer)) {
+    if (!window_.shared(call.desc.layer)) {
       accumulate(call, call.ctx.find(Branch::Cond)->begin);
       return;
     }
@@ -106,8 +114,7 @@ class MaskedKvShareImpl : public MaskedKvShare {
     ++count_;
   }
 
-  std::set<int> layers_;
-  int first_, last_;
+  ShareWindow window_;
   int64_t frames_, tokens_;
   double threshold_;
   at::Tensor source_, target_, acc_source_, acc_target_;

@@ -1,5 +1,6 @@
 #include "core/comm.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -23,6 +24,22 @@ struct Store {
 };
 
 namespace {
+
+// Named groups of one communicator, each made once: a group asked for again is the one made the first time.
+class Groups {
+ public:
+  // make(this rank's index in members, members.size()) makes the group's communicator.
+  template <class Make>
+  std::shared_ptr<Communicator> get(const std::vector<int>& members, int rank, const std::string& name, Make make) {
+    if (auto it = made_.find(name); it != made_.end()) return it->second;
+    const auto at = std::find(members.begin(), members.end(), rank);
+    if (at == members.end()) throw std::logic_error("communicator group " + name + ": this rank is not a member");
+    return made_[name] = make(int(at - members.begin()), int(members.size()));
+  }
+
+ private:
+  std::map<std::string, std::shared_ptr<Communicator>> made_;
+};
 
 // --- threads of one process ---------------------------------------------------------------------------
 
@@ -70,20 +87,12 @@ class ThreadComm : public Communicator {
   }
   void barrier() override { hub_->barrier(); }
   std::shared_ptr<Communicator> group(const std::vector<int>& members, const std::string& name) override {
-    int index = -1;
-    for (size_t i = 0; i < members.size(); ++i)
-      if (members[i] == rank_) index = int(i);
-    if (index < 0) throw std::logic_error("communicator group " + name + ": this rank is not a member");
-    std::shared_ptr<ThreadHub> sub;
-    {
-      std::lock_guard<std::mutex> lock(hub_->m);
-      auto& slot = hub_->groups[name];
-      if (!slot) slot = std::make_shared<ThreadHub>(int(members.size()));
-      sub = slot;
-    }
-    auto& cached = groups_[name];
-    if (!cached) cached = std::make_shared<ThreadComm>(index, sub);
-    return cached;
+    return groups_.get(members, rank_, name, [&](int index, int n) {
+      std::lock_guard<std::mutex> lock(hub_->m);  // the group's hub is shared by its member threads
+      auto& sub = hub_->groups[name];
+      if (!sub) sub = std::make_shared<ThreadHub>(n);
+      return std::make_shared<ThreadComm>(index, sub);
+    });
   }
 
   static void check_chunks(const at::Tensor& x, int n) {
@@ -104,7 +113,7 @@ class ThreadComm : public Communicator {
 
   int rank_;
   std::shared_ptr<ThreadHub> hub_;
-  std::map<std::string, std::shared_ptr<Communicator>> groups_;  // made once: a group is set up once per process
+  Groups groups_;
 };
 
 // --- bytes through the rendezvous store (CPU processes) ---------------------------------------------------
@@ -155,12 +164,9 @@ class StoreComm : public Communicator {
   }
   void barrier() override { all_gather(at::zeros({1})); }
   std::shared_ptr<Communicator> group(const std::vector<int>& members, const std::string& name) override {
-    if (auto it = groups_.find(name); it != groups_.end()) return it->second;
-    for (size_t i = 0; i < members.size(); ++i)
-      if (members[i] == rank_)
-        return groups_[name] = std::make_shared<StoreComm>(c10::make_intrusive<c10d::PrefixStore>(name, store_),
-                                                            int(i), int(members.size()));
-    throw std::logic_error("communicator group " + name + ": this rank is not a member");
+    return groups_.get(members, rank_, name, [&](int index, int n) {
+      return std::make_shared<StoreComm>(c10::make_intrusive<c10d::PrefixStore>(name, store_), index, n);
+    });
   }
 
  private:
@@ -177,7 +183,7 @@ class StoreComm : public Communicator {
   int rank_, world_;
   uint64_t seq_ = 0;
   std::vector<std::string> pending_, stale_;
-  std::map<std::string, std::shared_ptr<Communicator>> groups_;
+  Groups groups_;
 };
 
 #if MMDIT_HAVE_NCCL
@@ -218,19 +224,16 @@ class NcclComm : public Communicator {
   std::shared_ptr<Communicator> group(const std::vector<int>& members, const std::string& name) override {
     // Made once and kept: a new NCCL communicator costs its set-up at the first collective, and the store keys of
     // a group's name belong to its first communicator.
-    if (auto it = groups_.find(name); it != groups_.end()) return it->second;
-    for (size_t i = 0; i < members.size(); ++i)
-      if (members[i] == rank_)
-        return groups_[name] = std::make_shared<NcclComm>(c10::make_intrusive<c10d::PrefixStore>(name, store_),
-                                                           int(i), int(members.size()));
-    throw std::logic_error("communicator group " + name + ": this rank is not a member");
+    return groups_.get(members, rank_, name, [&](int index, int n) {
+      return std::make_shared<NcclComm>(c10::make_intrusive<c10d::PrefixStore>(name, store_), index, n);
+    });
   }
 
  private:
   c10::intrusive_ptr<c10d::Store> store_;
   int rank_, world_;
   c10::intrusive_ptr<c10d::ProcessGroupNCCL> pg_;
-  std::map<std::string, std::shared_ptr<Communicator>> groups_;
+  Groups groups_;
 };
 #endif
 

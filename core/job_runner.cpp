@@ -70,26 +70,6 @@ void remove_stale_temps(const std::vector<std::string>& outputs) {
   }
 }
 
-class Report {
- public:
-  explicit Report(const std::string& path) {
-    if (path.empty()) return;
-    f_ = std::fopen(path.c_str(), "w");
-    if (!f_) throw FileError(path + ": cannot write the report (" + std::strerror(errno) + ")");
-  }
-  ~Report() {
-    if (f_) std::fclose(f_);
-  }
-  void line(const nlohmann::ordered_json& j) {
-    if (!f_) return;
-    const std::string s = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-    std::fwrite(s.data(), 1, s.size(), f_);
-    std::fflush(f_);
-  }
-
- private:
-  FILE* f_ = nullptr;
-};
 
 std::string short_prompt(const std::string& p) {
   std::string s = p.size() > 60 ? p.substr(0, 57) + "..." : p;
@@ -99,6 +79,23 @@ std::string short_prompt(const std::string& p) {
 }
 
 }  // namespace
+
+ReportFile::ReportFile(const std::string& path) {
+  if (path.empty()) return;
+  f_ = std::fopen(path.c_str(), "w");
+  if (!f_) throw FileError(path + ": cannot write the report (" + std::strerror(errno) + ")");
+}
+
+ReportFile::~ReportFile() {
+  if (f_) std::fclose(f_);
+}
+
+void ReportFile::line(const nlohmann::ordered_json& j) {
+  if (!f_) return;
+  const std::string s = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  std::fwrite(s.data(), 1, s.size(), f_);
+  std::fflush(f_);
+}
 
 std::vector<int> shard_runs(const JobFile& jobs, int shard, int shards) {
   std::vector<int> out;
@@ -117,17 +114,16 @@ void RunTally::add(const nlohmann::ordered_json& line) {
 }
 
 nlohmann::ordered_json RunTally::summary(double seconds) const {
-  const int not_run = runs - ok - failed - invalid - skipped;  // an interrupted run counts as not run
   return {{"summary", true},         {"runs", runs},         {"ok", ok},
           {"failed", failed},        {"invalid", invalid},   {"skipped", skipped},
-          {"interrupted", interrupted}, {"not_run", not_run}, {"seconds", std::round(seconds * 1000) / 1000},
+          {"interrupted", interrupted}, {"not_run", not_run()}, {"seconds", std::round(seconds * 1000) / 1000},
           {"exit_code", exit_code()}};
 }
 
 std::string RunTally::text(double seconds) const {
   char buf[256];
   std::snprintf(buf, sizeof buf, "mmdit run: %d ok, %d failed, %d invalid, %d skipped, %d not run of %d runs in %.1f s%s",
-                ok, failed, invalid, skipped, runs - ok - failed - invalid - skipped, runs, seconds,
+                ok, failed, invalid, skipped, not_run(), runs, seconds,
                 interrupted ? " (interrupted)" : "");
   return buf;
 }
@@ -135,7 +131,7 @@ std::string RunTally::text(double seconds) const {
 int run_jobs(const JobFile& jobs, const RunOptions& opt) {
   const auto t_start = std::chrono::steady_clock::now();
   auto stopped = [&] { return opt.stop && *opt.stop != 0; };
-  Report report(opt.report);
+  ReportFile report(opt.report);
   const std::vector<int> mine = shard_runs(jobs, opt.shard, opt.shards);
   const int n = int(mine.size());
   const bool worker = bool(opt.next);

@@ -5,6 +5,7 @@
 // models/pipeline.h.
 #pragma once
 #include <csignal>
+#include <cstdio>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -77,12 +78,26 @@ struct RunOptions {
 // Positions in jobs.runs of the runs this shard makes, in order.
 std::vector<int> shard_runs(const JobFile& jobs, int shard, int shards);
 
+// A JSON-lines report written as the runs end (each line flushed); no file for an empty path. Throws FileError.
+class ReportFile {
+ public:
+  explicit ReportFile(const std::string& path);
+  ~ReportFile();
+  ReportFile(const ReportFile&) = delete;
+  ReportFile& operator=(const ReportFile&) = delete;
+  void line(const nlohmann::ordered_json& j);
+
+ private:
+  std::FILE* f_ = nullptr;
+};
+
 // The counts of a run's report lines, and the summary line and exit code they make.
 struct RunTally {
   int ok = 0, failed = 0, invalid = 0, skipped = 0, runs = 0;
   bool interrupted = false;
   void add(const nlohmann::ordered_json& line);
   int exit_code() const { return interrupted ? 130 : (failed || invalid) ? 1 : 0; }
+  int not_run() const { return runs - ok - failed - invalid - skipped; }  // an interrupted run counts as not run
   nlohmann::ordered_json summary(double seconds) const;
   std::string text(double seconds) const;  // "mmdit run: 3 ok, 0 failed, ... of 4 runs in 2.0 s"
 };

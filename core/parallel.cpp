@@ -12,13 +12,7 @@ namespace {
 thread_local World t_world;
 thread_local const ParallelPlan* t_plan = nullptr;
 
-// The Ulysses exchange of the forward pass running on this thread.
-struct UlyssesState {
-  Communicator* comm = nullptr;
-  int64_t image = 0, text = 0;  // the streams' whole token counts
-  bool inside = false;          // in the full-sequence attention call (no second exchange)
-};
-thread_local UlyssesState t_ulysses;
+thread_local SequenceShards::Exchange t_ulysses;
 
 std::string gpus_text(int n) { return std::to_string(n) + " GPU" + (n == 1 ? "" : "s"); }
 
@@ -98,16 +92,12 @@ SequenceShards::SequenceShards(int64_t image_tokens, int64_t text_tokens) : imag
   const ParallelPlan* p = current_plan();
   if (!p || !p->ulysses_comm) return;
   comm_ = p->ulysses_comm.get();
-  auto* saved = new UlyssesState(t_ulysses);
-  previous_ = saved;
-  t_ulysses = UlyssesState{comm_, image_tokens, text_tokens, false};
+  previous_ = t_ulysses;
+  t_ulysses = Exchange{comm_, image_tokens, text_tokens, false};
 }
 
 SequenceShards::~SequenceShards() {
-  if (!comm_) return;
-  auto* saved = static_cast<const UlyssesState*>(previous_);
-  t_ulysses = *saved;
-  delete saved;
+  if (comm_) t_ulysses = previous_;
 }
 
 at::Tensor SequenceShards::shard(const at::Tensor& x, int64_t dim, int64_t tokens) const {
@@ -172,15 +162,15 @@ at::Tensor ulysses_attention(const at::Tensor& q, const at::Tensor& k, const at:
       if (n <= 0) break;
       all.narrow(3, s.full->begin + p * s.local.size(), n).copy_(got[p].narrow(3, s.local.begin, n));
     }
-  t_ulysses.inside = true;
+  struct Inside {  // the full-sequence call below runs the plain attention, not a second exchange
+    Inside() { t_ulysses.inside = true; }
+    ~Inside() { t_ulysses.inside = false; }
+  };
   at::Tensor o;
-  try {
+  {
+    const Inside inside;
     o = attention(all[0], all[1], all[2], full, std::nullopt, scale);
-  } catch (...) {
-    t_ulysses.inside = false;
-    throw;
   }
-  t_ulysses.inside = false;
   // Back: each rank's token shards of my heads ([P (destination), B, H/P, S_local, D], zero padding), one
   // all-to-all, and the head groups side by side.
   at::Tensor back = covered * P == offset ? at::empty({P, B, Hl, S, D}, o.options()) : at::zeros({P, B, Hl, S, D}, o.options());

@@ -72,11 +72,18 @@ class SequenceShards {
   // The parts of the helpers (exposed for tests).
   static int64_t local_size(int64_t tokens, int ranks) { return (tokens + ranks - 1) / ranks; }
 
+  // The Ulysses exchange of the forward pass running on a thread.
+  struct Exchange {
+    Communicator* comm = nullptr;
+    int64_t image = 0, text = 0;  // the streams' whole token counts
+    bool inside = false;          // in the full-sequence attention call (no second exchange)
+  };
+
  private:
   at::Tensor shard(const at::Tensor& x, int64_t dim, int64_t tokens) const;
   Communicator* comm_ = nullptr;
   int64_t image_ = 0, text_ = 0;
-  const void* previous_ = nullptr;
+  Exchange previous_;  // the thread's exchange before this one, put back at the end
 };
 
 // Whether this attention call runs the Ulysses exchange (a transformer's attention inside a SequenceShards).
