@@ -1,6 +1,5 @@
 #include "apps/launch.h"
 
-#include <arpa/inet.h>
 #include <chrono>
 #include <csignal>
 #include <fcntl.h>
@@ -8,8 +7,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,6 +17,7 @@
 #include "core/comm.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "core/options.h"
 #include "core/parallel.h"
 
 namespace mmdit {
@@ -54,8 +52,7 @@ std::vector<std::string> requested_devices(int gpus, const std::string& devices)
     while (start <= devices.size()) {
       const size_t comma = devices.find(',', start);
       const std::string d = devices.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-      const bool cuda = d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.find_first_not_of("0123456789", 5) == std::string::npos;
-      if (d != "cpu" && !cuda) throw UsageError("--devices " + devices + ": '" + d + "' is not cpu or cuda:N");
+      if (!valid_device(d) || d == "cuda") throw UsageError("--devices " + devices + ": '" + d + "' is not cpu or cuda:N");
       out.push_back(d);
       if (comma == std::string::npos) break;
       start = comma + 1;
@@ -69,24 +66,6 @@ std::vector<std::string> requested_devices(int gpus, const std::string& devices)
       throw UsageError((gpus > 0 ? "--gpus " + std::to_string(gpus) : "--devices " + devices) + ": this machine has " +
                        std::to_string(have) + " CUDA device" + (have == 1 ? "" : "s"));
   return out;
-}
-
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw RuntimeFailure("cannot open a socket for the rendezvous");
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  socklen_t len = sizeof a;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    ::close(fd);
-    throw RuntimeFailure("cannot find a free port for the rendezvous");
-  }
-  const int port = ntohs(a.sin_port);
-  ::close(fd);
-  return port;
 }
 
 int run_workers(const std::vector<std::map<std::string, std::string>>& envs, const WorkerOptions& opt) {

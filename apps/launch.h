@@ -19,9 +19,6 @@ void set_process_args(int argc, char** argv);
 // neither was given. Throws UsageError for more GPUs than this machine has, or a malformed list.
 std::vector<std::string> requested_devices(int gpus, const std::string& devices);
 
-// A TCP port that was free a moment ago, for the rendezvous.
-int free_port();
-
 // Starts this program once per entry of `envs` (each worker's extra environment), with this process's arguments,
 // and waits for them all. Worker 0 writes to this stderr; the others' stderr goes to a file, and the last line of
 // the first worker to fail is shown if worker 0 did not fail. When one fails, the others are stopped. Returns

@@ -230,13 +230,14 @@ bool in_range(const RequestOption& o, double v) {
   return true;
 }
 
+
+}  // namespace
+
 bool valid_device(const std::string& s) {
   if (s == "cpu" || s == "cuda") return true;
   return s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.size() < 9 &&
          s.find_first_not_of("0123456789", 5) == std::string::npos;
 }
-
-}  // namespace
 
 bool json_integer(const nlohmann::json& v, long double& out) {
   if (v.is_number_unsigned()) {
