@@ -1,4 +1,4 @@
-// Model folders, inspect, PNG text chunks, error exits, fuzz-corpus regression.
+// Model folders, inspect, PNG text chunks, the image loader, error exits, fuzz-corpus regression.
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -162,6 +162,143 @@ TEST(Fuzz, CorpusParsesOrFailsCleanly) {
     }
   }
   EXPECT_GT(n, 20);
+}
+
+std::string file_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// The image fuzzer's corpus (scripts/fuzz.sh image): each input decodes to a consistent image or gives a
+// one-line FormatError naming it; nothing else.
+TEST(Fuzz, ImageCorpusDecodesOrFailsCleanly) {
+  int n = 0, decoded = 0;
+  for (auto& e : fs::directory_iterator(test::source_dir() / "fuzz/corpus-image")) {
+    if (!e.is_regular_file()) continue;
+    ++n;
+    try {
+      const Image img = decode_image(file_bytes(e.path()), e.path().string());
+      ASSERT_TRUE(img.width > 0 && img.height > 0 && img.channels >= 1 && img.channels <= 4) << e.path();
+      ASSERT_EQ(img.pixels.size(), size_t(img.width) * img.height * img.channels) << e.path();
+      ++decoded;
+    } catch (const FormatError& err) {
+      const std::string what = err.what();
+      EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+      EXPECT_EQ(what.rfind(e.path().string() + ": ", 0), 0u) << what;
+    }
+  }
+  EXPECT_GT(n, 20);
+  EXPECT_GT(decoded, 5);
+}
+
+fs::path images() { return test::source_dir() / "tests/data/images"; }
+
+TEST(ImageRead, PngRoundTripsExactlyForEveryChannelCount) {
+  auto dir = test::temp_dir("image-read-png");
+  for (int c = 1; c <= 4; ++c) {
+    Image img;
+    img.width = 7;
+    img.height = 5;
+    img.channels = c;
+    for (int i = 0; i < 7 * 5 * c; ++i) img.pixels.push_back(uint8_t(i * 37 + c));
+    const fs::path p = dir / ("c" + std::to_string(c) + ".png");
+    write_png(p, img, {{"k", "v"}});
+    const Image back = read_image(p);
+    EXPECT_EQ(back.width, 7);
+    EXPECT_EQ(back.height, 5);
+    EXPECT_EQ(back.channels, c);
+    EXPECT_EQ(back.pixels, img.pixels) << c;
+    EXPECT_EQ(read_png(p).pixels, img.pixels);
+  }
+}
+
+TEST(ImageRead, SixteenBitPngDecodesToItsHighBytes) {
+  const Image img = read_image(images() / "rgb16-2x2.png");
+  ASSERT_EQ(img.width, 2);
+  ASSERT_EQ(img.height, 2);
+  ASSERT_EQ(img.channels, 3);
+  EXPECT_EQ(img.pixels, (std::vector<uint8_t>{0x00, 0x00, 0x01, 0x7f, 0x80, 0xff, 0x12, 0xab, 0xfe, 0x00, 0xff, 0x55}));
+}
+
+// Flat-colour JPEGs written by Pillow at quality 100 (tests/data/images/README.md): every pixel within 2 levels.
+TEST(ImageRead, JpegBaselineProgressiveAndGreyDecodeToTheirColour) {
+  struct Case {
+    const char* file;
+    std::vector<int> colour;
+  };
+  for (const Case& c : {Case{"flat-16x16-q100.jpg", {200, 120, 40}}, Case{"flat-16x16-q100-progressive.jpg", {200, 120, 40}},
+                        Case{"flat-16x16-q100-grey.jpg", {90}}}) {
+    const Image img = read_image(images() / c.file);
+    ASSERT_EQ(img.width, 16) << c.file;
+    ASSERT_EQ(img.height, 16) << c.file;
+    ASSERT_EQ(img.channels, int(c.colour.size())) << c.file;
+    int worst = 0;
+    for (size_t i = 0; i < img.pixels.size(); ++i)
+      worst = std::max(worst, std::abs(int(img.pixels[i]) - c.colour[i % c.colour.size()]));
+    EXPECT_LE(worst, 2) << c.file;
+  }
+}
+
+// A refusal is one line that starts with the file's name and says the problem.
+void expect_refusal(const fs::path& p, const std::string& problem) {
+  try {
+    read_image(p);
+    ADD_FAILURE() << p << " was decoded";
+  } catch (const FormatError& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(what.rfind(p.string() + ": ", 0), 0u) << what;
+    EXPECT_NE(what.find(problem), std::string::npos) << what;
+    EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+  }
+}
+
+std::string png_header(uint32_t w, uint32_t h) {  // signature + IHDR (8-bit RGB) + IEND; stb checks no CRC
+  auto be = [](uint32_t v) { return std::string{char(v >> 24), char(v >> 16), char(v >> 8), char(v)}; };
+  return std::string("\x89PNG\r\n\x1a\n", 8) + be(13) + "IHDR" + be(w) + be(h) + std::string("\x08\x02\0\0\0", 5) +
+         be(0) + be(0) + "IEND" + be(0);
+}
+
+TEST(ImageRead, RefusalsNameTheFileAndTheProblem) {
+  auto dir = test::temp_dir("image-read-bad");
+  auto put = [&](const std::string& name, const std::string& bytes) {
+    std::ofstream(dir / name, std::ios::binary) << bytes;
+    return dir / name;
+  };
+  Image img;
+  img.width = img.height = 8;
+  img.pixels.assign(8 * 8 * 3, 77);
+  const std::string png = encode_png(img), jpeg = file_bytes(images() / "flat-16x16-q100.jpg");
+
+  expect_refusal(put("notes.png", "just some text\n"), "not a PNG or JPEG image (only PNG and JPEG are accepted)");
+  expect_refusal(put("anim.gif", "GIF89a\x01\0\x01\0\0\0\0;"), "not a PNG or JPEG image (it looks like GIF");
+  expect_refusal(put("empty.png", ""), "empty file");
+  expect_refusal(put("cut.png", png.substr(0, png.size() / 2)), "truncated PNG");
+  expect_refusal(put("cut.jpg", jpeg.substr(0, jpeg.size() / 2)), "truncated JPEG");
+  std::string bad_zlib = png;
+  bad_zlib[png.find("IDAT") + 4] ^= 0x55;  // the zlib header
+  expect_refusal(put("bad-zlib.png", bad_zlib), "corrupt PNG (");
+  // Too large by header alone: refused before anything is allocated for the pixels.
+  expect_refusal(put("tall.png", png_header(10, 16385)), "too large (the limit is 16384 pixels a side and 64 Mpixel)");
+  expect_refusal(put("huge.png", png_header(16000, 16000)), "PNG image of 16000x16000 is too large");
+  expect_refusal(put("wide.png", png_header(20000, 10)), "PNG image of 20000x10 is too large");
+  expect_refusal(put("huge.jpg", std::string("\xff\xd8\xff\xc0\0\x0b\x08\x3e\x80\x3e\x80\x01\x01\x11\0\xff\xd9", 17)),
+                 "JPEG image of 16000x16000 is too large");
+  // A JPEG too short for its size (stb would decode zeros, for seconds at 64 Mpixel).
+  std::string big = jpeg;
+  big.replace(big.find("\xff\xc0") + 5, 4, std::string("\x10\x00\x10\x00", 4));  // SOF0: 4096 x 4096
+  expect_refusal(put("big.jpg", big), "truncated JPEG (" + std::to_string(big.size()) + " bytes cannot hold a 4096x4096 image)");
+  // A zlib bomb: 10 MB of zeros for a 1x1 image is refused by the allocation cap, not decoded.
+  expect_refusal(images() / "bomb-1x1.png", "corrupt PNG (its data is far larger than a 1x1 image needs)");
+
+  // Files that cannot be read are FileErrors (core/errors.h), still one line naming the file.
+  for (const fs::path& p : {dir / "missing.png", dir}) {
+    try {
+      read_image(p);
+      ADD_FAILURE() << p;
+    } catch (const FileError& e) {
+      EXPECT_EQ(std::string(e.what()).rfind(p.string() + ": cannot read (", 0), 0u) << e.what();
+    }
+  }
 }
 
 }  // namespace
