@@ -1,6 +1,7 @@
-// `mmdit edit`: consistent editing of a generated image. The source prompt and the target prompt (--prompt) are
-// made from the same noise in one batch; the target goes to -o, the source to --source-output, the derived edit
-// mask to --mask-output (docs/CONTROLS.md). Every `generate` flag applies.
+// `mmdit edit`: consistent editing. The source prompt and the target prompt (--prompt) are made from the same noise
+// in one batch (with --image, the noise the given image inverts to, and the source follows the inverted path); the
+// target goes to -o, the source to --source-output, the derived edit mask to --mask-output (docs/CONTROLS.md).
+// Every `generate` flag applies.
 #include "apps/commands.h"
 #include "apps/request_flags.h"
 #include "core/errors.h"

@@ -20,13 +20,13 @@ int64_t prompt_tokens(const ModelShape& model, const GenerateRequest& r) {
 
 // A mask image scaled to height x width (nearest), white (> 127 in its first channel) = the region.
 at::Tensor read_mask(const std::string& path, int height, int width) {
-  std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) throw FileError("--region-mask " + path + ": no such file");
   Image img;
   try {
-    img = read_png(path);
-  } catch (const FormatError&) {
-    throw FormatError("--region-mask " + path + ": not a PNG or JPEG image");
+    img = read_image(path);  // its message names the file and what is wrong with it
+  } catch (const FileError& e) {
+    throw FileError(std::string("--region-mask ") + e.what());
+  } catch (const FormatError& e) {
+    throw FormatError(std::string("--region-mask ") + e.what());
   }
   at::Tensor t = at::from_blob(img.pixels.data(), {img.height, img.width, img.channels}, at::kByte).select(2, 0).clone();
   return region_tokens((t > 127).unsqueeze(0), height, width).view({height, width});

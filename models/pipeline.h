@@ -72,6 +72,11 @@ struct GenerateRequest {
   double strength = 1.0;              // ConsistEdit's alpha: the fraction of early steps that lock the structure
   std::string edit_words;             // comma-separated; default: the words of the source the target lacks
   std::string source_output, mask_output;  // where the source image and the derived edit mask go (optional)
+  // Editing a given image: it is VAE-encoded and inverted along the flow (samplers/inversion.h); the source branch
+  // follows the inverted path, so the source is the image and the target its edit.
+  std::string image;
+  bool resize = false;                // scale the image to a size the model takes instead of refusing it
+  std::string inversion = "uniinv";  // uniinv or euler
   // Video models (CogVideoX). 0 / empty mean "the pipeline's default".
   int frames = 0, fps = 0, crf = 18;
   std::string sampler;  // "ddim" or "dpm" (default: the model's scheduler class)

@@ -14,6 +14,7 @@
 #include "core/weights.h"
 #include "models/clip_text.h"
 #include "models/clip_tokenizer.h"
+#include "models/edit_image.h"
 #include "models/sd3_transformer.h"
 #include "models/t5_encoder.h"
 #include "models/t5_tokenizer.h"
@@ -24,6 +25,7 @@
 #include "samplers/flow_match.h"
 #include "samplers/cfg_parallel.h"
 #include "samplers/guidance.h"
+#include "samplers/inversion.h"
 
 namespace mmdit {
 namespace fs = std::filesystem;
@@ -217,6 +219,10 @@ void Sd3Pipeline::resolve(GenerateRequest& r) const {
   const auto& cfg = transformer_->config();
   const int64_t unit = vae_->downscale() * cfg.patch_size;
   const int64_t default_size = cfg.sample_size * vae_->downscale();
+  if (!r.image.empty()) {
+    fit_edit_image(r, unit);     // the image's size is the output's
+    if (r.cfg < 0) r.cfg = 1.0;  // ConsistEdit inverts and edits a given image without CFG
+  }
   if (r.width == 0) r.width = int(default_size);
   if (r.height == 0) r.height = int(default_size);
   if (r.width % unit || r.height % unit)
@@ -319,16 +325,35 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
   info.grid_w = r.width / f / tc.patch_size;
   info.width = r.width, info.height = r.height, info.batch = r.batch;
   guidance.begin(info);
+  // A given image (mmdit edit --image): its latent inverted along the flow with the source prompt, unguided; the
+  // source row follows that path, and the target starts from its noise.
+  std::vector<at::Tensor> path;
+  if (!r.image.empty()) {
+    at::Tensor x0 = vae_->encode_latents(load_edit_image(r, device_, dtype_));
+    path = invert_flow(x0, sched.sigmas(), parse_inversion(r.inversion), [&](const at::Tensor& x, int i) {
+      at::Tensor t = i < r.steps ? timesteps[i] : at::zeros({}, timesteps.options());
+      return transformer_->forward(x, src.embeds, src.pooled, t.expand({1}));
+    });
+    noise = path[0];
+  }
+  auto follow = [&](at::Tensor latents, int i) {  // the source row (row 0) onto the inverted path
+    if (path.empty()) return latents;
+    latents = latents.clone();
+    latents.narrow(0, 0, 1).copy_(path[size_t(i)]);
+    return latents;
+  };
   // One denoising run of `rows` images per branch; pairs: the rows are an edit's [source, target].
   auto denoise = [&](at::Tensor latents, const at::Tensor& e, const at::Tensor& p, const at::Tensor& ne,
                      const at::Tensor& np, int64_t rows, bool pairs, bool report) {
     for (int i = 0; i < r.steps; ++i) {
+      latents = follow(latents, i);
       at::Tensor v;
       if (guidance.zero_step(i)) {
         v = at::zeros_like(latents);
       } else {
         ControlContext ctx = guidance.context(i, r.steps, sched.timesteps()[size_t(i)], rows);
         ctx.pairs = pairs;
+        ctx.prepass = !report;
         at::Tensor x = Guidance::by_branch(ctx, latents, latents);
         at::Tensor text = ctx.find(Branch::Base) ? Guidance::by_branch(ctx, regional_embeds, padded(ne), padded(e))
                                                  : Guidance::by_branch(ctx, e, ne);
@@ -341,13 +366,14 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
       latents = sched.step(v, latents, i);
       if (step && report) step(i + 1, r.steps);
     }
-    return latents;
+    return follow(latents, r.steps);
   };
   at::Tensor latents;
   if (edit) {
     // ConsistEdit: the source alone first (its attention gives the edit mask), then source and target together.
     auto first = [](const at::Tensor& t) { return t.defined() ? t.narrow(0, 0, 1) : t; };
-    denoise(noise, src.embeds, src.pooled, first(neg_embeds), first(neg_pooled), 1, false, false);
+    if (!info.edit_tokens.empty())
+      denoise(noise, src.embeds, src.pooled, first(neg_embeds), first(neg_pooled), 1, false, false);
     latents = denoise(noise.repeat({2, 1, 1, 1}), embeds, pooled, neg_embeds, neg_pooled, 2, true, true);
   } else {
     latents = denoise(noise, embeds, pooled, neg_embeds, neg_pooled, n, false, true);

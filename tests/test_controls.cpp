@@ -219,7 +219,7 @@ TEST(Controls, BadRegionsExitTwoWithOneLineAndNoOutput) {
       {"tiny-sd3", "--region '0,0,200,64:a'", "--region 0,0,200,64: outside the 128x128 image"},
       {"tiny-sd3", "--region '5,5,5,9:a'", "an empty box"},
       {"tiny-sd3", "--region '1,2,3:a'", "--region: expected X0,Y0,X1,Y1:PROMPT"},
-      {"tiny-sd3", "--region-mask '" + (dir / "none.png").string() + ":a'", "no such file"},
+      {"tiny-sd3", "--region-mask '" + (dir / "none.png").string() + ":a'", "cannot read"},
       {"tiny-sd3", "--region-mask '" + (dir / "not-an-image.png").string() + ":a'", "not a PNG or JPEG image"},
       {"tiny-sd3", "--region '0,0,64,64:a' --pag-scale 2", "cannot be combined with perturbation guidance"},
       {"tiny-flux-dev", nine, "exceed the text budget of 8 prompts"},

@@ -10,6 +10,9 @@ them with a checkout (or a git mirror) of the repository:
 
     .venv/bin/python scripts/reference/consistedit_official.py PATH_TO_REPO build/goldens/controls/tiny-sd3
 
+It also runs run_real_sd3.py's inversion of a given image (UniInvEulerScheduler, pipe.invert) on the colour case's
+source image and keeps the start latent in inversion.safetensors.
+
 What differs from run_synthesis_sd3.py, and why: the start noise comes from a seeded CPU generator (as mmdit's
 does) instead of the global CUDA generator; float32 on the CPU instead of float16 autocast on CUDA; 4 steps and
 the tiny model's 128x128 instead of 28 steps at 1024x1024 (the token grid, GlobalVars.WIDTH/HEIGHT, follows the
@@ -102,6 +105,32 @@ def main():
                       "mask": f"{name}-mask.png", "tokens": GlobalVars.TOKEN_IDS})
     (out / "cases.json").write_text(json.dumps(cases, indent=1) + "\n")
     print(f"wrote {len(cases)} cases to {out}")
+    inversion_case(model, out, solver)
+
+
+def inversion_case(model, out, solver):
+    """run_real_sd3.py's inversion: the image's VAE mean latent, then pipe.invert with UniInvEulerScheduler, guidance 1,
+    the source prompt; the attention editor only records during inversion, so it is left out. Input: the colour
+    case's source image. Writes inversion.safetensors: the image latent, the prompt's embeddings, the start latent."""
+    from diffusers import StableDiffusion3Pipeline
+    from consistEdit.scheduler import UniInvEulerScheduler
+    from safetensors.torch import save_file
+    name, src = CASES[0][0], CASES[0][1]
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(model), torch_dtype=torch.float32)
+    solver.register_sd3_solver(pipe)
+    pipe.scheduler = UniInvEulerScheduler.from_pretrained(str(model), subfolder="scheduler")
+    image = Image.open(out / f"{name}-source.png").convert("RGB")
+    with torch.no_grad():
+        latent = pipe.vae.encode(pipe.image_processor.preprocess(image))["latent_dist"].mean
+        latent = (latent - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+        embeds, _, pooled, _ = pipe.encode_prompt(src, src, src, do_classifier_free_guidance=False)
+        start = pipe.invert([src], latents=latent, guidance_scale=1, num_inference_steps=STEPS,
+                            output_type="latent").images
+    save_file({"image_latent": latent.contiguous(), "prompt_embeds": embeds.contiguous(),
+               "pooled": pooled.contiguous(), "start_latent": start.contiguous()},
+              str(out / "inversion.safetensors"),
+              metadata={"image": f"{name}-source.png", "prompt": src, "steps": str(STEPS)})
+    print("wrote inversion.safetensors")
 
 
 if __name__ == "__main__":
