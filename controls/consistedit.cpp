@@ -15,12 +15,14 @@
 #include <filesystem>
 
 #include "controls/consistedit.h"
+#include "controls/freeflux.h"
 #include "controls/registry.h"
 #include "core/errors.h"
 #include "core/image_io.h"
 #include "core/log.h"
 #include "core/torch_util.h"
 #include "models/pipeline.h"
+#include "samplers/inversion.h"
 
 namespace mmdit {
 namespace {
@@ -37,13 +39,15 @@ class ConsistEdit : public Control {
     cols_ = at::tensor(info.edit_tokens, at::kLong);
     sum_ = mask_ = at::Tensor();
     count_ = 0;
+    // No edit words (a given image with its own prompt): nothing is edited, the source is kept everywhere.
+    if (info.edit_tokens.empty()) mask_ = at::ones({info.grid_h * info.grid_w});
   }
 
   bool touches(const AttentionDesc& desc, const ControlContext& ctx) const override {
     if (desc.sub != 0 || desc.text.size() == 0 || (flux_ && desc.layer < double_layers_)) return false;
     return ctx.pairs || ctx.find(Branch::Cond);
   }
-  bool needs_lse(const AttentionDesc&, const ControlContext& ctx) const override { return !ctx.pairs; }
+  bool needs_lse(const AttentionDesc&, const ControlContext& ctx) const override { return !ctx.pairs && !mask_.defined(); }
 
   void before(AttentionCall& call) override {
     if (!call.ctx.pairs) return;
@@ -66,7 +70,7 @@ class ConsistEdit : public Control {
   }
 
   void after(AttentionCall& call) override {
-    if (call.ctx.pairs) return;
+    if (call.ctx.pairs || mask_.defined()) return;
     const BranchRows& cond = *call.ctx.find(Branch::Cond);
     if (cols_.device() != call.q.device()) cols_ = cols_.to(call.q.device());
     // [1, N]: summed over the edit tokens, averaged over heads (the official map's order of sums commutes).
@@ -144,8 +148,21 @@ std::vector<std::string> edit_words(const GenerateRequest& r) {
   for (const auto& w : words_of(r.source_prompt))
     if (std::find(target.begin(), target.end(), w) == target.end() && std::find(out.begin(), out.end(), w) == out.end())
       out.push_back(w);
-  if (out.empty())
+  // A given image edited with its own prompt is reconstructed: nothing is edited.
+  if (out.empty() && r.image.empty())
     throw UsageError("--source-prompt: the source has no word the target lacks; name the edited words with --edit-words");
+  return out;
+}
+
+std::vector<std::string> added_words(const GenerateRequest& r) {
+  if (!r.edit_words.empty()) return edit_words(r);
+  const auto source = words_of(r.source_prompt);
+  std::vector<std::string> out;
+  for (const auto& w : words_of(r.prompt))
+    if (std::find(source.begin(), source.end(), w) == source.end() && std::find(out.begin(), out.end(), w) == out.end())
+      out.push_back(w);
+  if (out.empty())
+    throw UsageError("--prompt: the target adds no word to the source; name the added object with --edit-words");
   return out;
 }
 
@@ -163,16 +180,23 @@ std::vector<int64_t> token_positions(const std::vector<int64_t>& ids, const std:
 std::unique_ptr<Control> make_consistedit(const GenerateRequest& r, const ModelShape& model) {
   if (r.source_prompt.empty()) {
     for (auto [flag, value] : {std::pair{"--edit-words", &r.edit_words}, {"--source-output", &r.source_output},
-                               {"--mask-output", &r.mask_output}})
+                               {"--mask-output", &r.mask_output}, {"--image", &r.image}})
       if (!value->empty()) throw UsageError(std::string(flag) + ": only for edits (mmdit edit --source-prompt ...)");
+    if (r.resize) throw UsageError("--resize: only for edits of a given image (mmdit edit --image ...)");
+    if (r.inversion != "uniinv") throw UsageError("--inversion: only for edits of a given image (mmdit edit --image ...)");
     return nullptr;
   }
-  if (r.edit_method != "consistedit")
-    throw UsageError("--edit-method " + r.edit_method + ": the methods are consistedit");
+  if (r.edit_method != "consistedit" && !is_freeflux(r.edit_method))
+    throw UsageError("--edit-method " + r.edit_method + ": the methods are consistedit, freeflux-nonrigid, freeflux-add "
+                     "and freeflux-background");
   if (model.family != "sd3" && model.family != "flux")
     throw UsageError("--source-prompt: consistent editing is for SD3/SD3.5 and FLUX images, not " + model.family);
   if (r.batch != 1) throw UsageError("--batch: an edit makes one source and one target image");
+  if (r.image.empty() && (r.resize || r.inversion != "uniinv"))
+    throw UsageError(std::string(r.resize ? "--resize" : "--inversion") + ": only for edits of a given image (--image)");
+  parse_inversion(r.inversion);
   if (!r.regions.empty()) throw UsageError("--source-prompt: cannot be combined with --region yet");
+  if (r.edit_method != "consistedit") return nullptr;  // FreeFlux (controls/freeflux.cpp)
   return std::make_unique<ConsistEdit>(r.strength, model.family == "flux", model.double_layers, r.mask_output);
 }
 

@@ -11,6 +11,8 @@ namespace mmdit {
 
 // --edit-words, or the words of the source prompt that the target lacks (lower case, punctuation trimmed).
 std::vector<std::string> edit_words(const GenerateRequest& r);
+// --edit-words, or the words of the target prompt that the source lacks (FreeFlux's added object).
+std::vector<std::string> added_words(const GenerateRequest& r);
 // Where the token sequence `word` first occurs in `ids`; empty when it does not.
 std::vector<int64_t> token_positions(const std::vector<int64_t>& ids, const std::vector<int64_t>& word);
 

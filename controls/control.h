@@ -51,6 +51,7 @@ struct ControlContext {
   double timestep = 0;           // the scheduler's timestep value at this step
   std::vector<BranchRows> rows;  // the batch, branch by branch
   bool pairs = false;            // an edit: each branch's rows are [source, target]
+  bool prepass = false;          // an edit's first pass, whose images are not kept (it derives the edit mask)
   std::vector<Control*> controls;
   const BranchRows* find(Branch b, int id = 0) const;
   int64_t batch() const { return rows.empty() ? 0 : rows.back().end; }

@@ -21,6 +21,7 @@ const Entry kControls[] = {
     {"attention-maps", make_attention_maps},
     {"regions", make_regional},
     {"consistedit", make_consistedit},
+    {"freeflux", make_freeflux},
 };
 
 }  // namespace

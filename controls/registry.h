@@ -18,5 +18,6 @@ std::unique_ptr<Control> make_skip_blocks(const GenerateRequest& r, const ModelS
 std::unique_ptr<Control> make_attention_maps(const GenerateRequest& r, const ModelShape& model);   // attention_maps.cpp
 std::unique_ptr<Control> make_regional(const GenerateRequest& r, const ModelShape& model);         // regional.cpp
 std::unique_ptr<Control> make_consistedit(const GenerateRequest& r, const ModelShape& model);      // consistedit.cpp
+std::unique_ptr<Control> make_freeflux(const GenerateRequest& r, const ModelShape& model);         // freeflux.cpp
 
 }  // namespace mmdit

@@ -160,8 +160,11 @@ std::vector<RequestOption> make_options() {
   t.str("source_prompt", "", "Edit (mmdit edit): the source image's prompt; --prompt is the target, made from the same "
                              "noise in one batch",
         Type::String, &R::source_prompt);
-  t.str("edit_method", "", "Edit method: consistedit (SD3/SD3.5; FLUX single blocks)", Type::String, &R::edit_method)
-      .choices = {"consistedit"};
+  t.str("edit_method", "", "Edit method: consistedit (SD3/SD3.5; FLUX single blocks), or on FLUX FreeFlux's "
+                           "freeflux-nonrigid (pose), freeflux-add (an object) or freeflux-background (keep the object "
+                           "named by --edit-words)",
+        Type::String, &R::edit_method)
+      .choices = {"consistedit", "freeflux-nonrigid", "freeflux-add", "freeflux-background"};
   t.number("strength", "Edit: ConsistEdit's alpha, the fraction of early steps whose structure (Q, K) is the "
                        "source's everywhere, 0..1 (default 1: colour and material edits; 0.1-0.3 for shape edits)",
            &R::strength, 0, 1);
@@ -170,6 +173,15 @@ std::vector<RequestOption> make_options() {
         Type::String, &R::edit_words);
   t.str("source_output", "", "Edit: write the source image here too (PNG)", Type::String, &R::source_output);
   t.str("mask_output", "", "Edit: write the derived edit mask here (PNG, white = edited)", Type::String, &R::mask_output);
+  t.str("image", "", "Edit: an image to edit (PNG or JPEG) instead of a generated source; it is inverted along the "
+                     "flow and its size is the output's",
+        Type::Path, &R::image);
+  t.flag("resize", "Edit: scale --image to --width/--height (default: the nearest size the model takes) rather than "
+                   "refuse a size the model cannot take",
+         &R::resize);
+  t.str("inversion", "", "Edit: how --image is inverted: uniinv (default, ConsistEdit's) or euler", Type::String,
+        &R::inversion)
+      .choices = {"uniinv", "euler"};
 
   t.group = "Video";
   t.integer("frames", "", "Video frames, 4k+1 (video models; default: the model's, 49 for CogVideoX)", &R::frames, 0,

@@ -14,16 +14,19 @@
 #include "core/weights.h"
 #include "models/clip_text.h"
 #include "models/clip_tokenizer.h"
+#include "models/edit_image.h"
 #include "models/flux_transformer.h"
 #include "models/t5_encoder.h"
 #include "models/t5_tokenizer.h"
 #include "models/vae.h"
 #include "controls/consistedit.h"
 #include "controls/control.h"
+#include "controls/freeflux.h"
 #include "controls/regional.h"
 #include "samplers/flow_match.h"
 #include "samplers/cfg_parallel.h"
 #include "samplers/guidance.h"
+#include "samplers/inversion.h"
 
 namespace mmdit {
 namespace fs = std::filesystem;
@@ -150,6 +153,7 @@ class FluxPipelineImpl : public Pipeline {
     if (tc.in_channels % 4 || tc.in_channels / 4 != vae_->config().latent_channels)
       throw ShapeError("flux: transformer in_channels " + std::to_string(tc.in_channels) + " do not fit the VAE's " +
                        std::to_string(vae_->config().latent_channels) + " latent channels packed 2x2");
+    if (!r.image.empty()) fit_edit_image(r, unit);  // the image's size is the output's
     if (r.width == 0) r.width = int(128 * f);
     if (r.height == 0) r.height = int(128 * f);
     if (r.width % unit || r.height % unit)
@@ -173,13 +177,16 @@ class FluxPipelineImpl : public Pipeline {
     return {"flux", int(c.num_layers + c.num_single_layers), int(c.num_layers), int(c.num_attention_heads)};
   }
 
-  // ConsistEdit's token indices on FLUX: T5's, of each edit word's first occurrence in the source prompt.
+  // The edit words' T5 token indices (FLUX's text sequence), of each word's first occurrence: in the source prompt
+  // (ConsistEdit, FreeFlux's kept object), or in the target (FreeFlux's added object); none for a non-rigid edit.
   std::vector<int64_t> edit_tokens(const GenerateRequest& r) const {
+    if (r.edit_method == "freeflux-nonrigid") return {};
+    const bool add = r.edit_method == "freeflux-add";
     std::vector<int64_t> out;
-    const auto ids = tok_t5_->encode(r.source_prompt, r.max_sequence_length);
-    for (const auto& w : edit_words(r)) {
+    const auto ids = tok_t5_->encode(add ? r.prompt : r.source_prompt, r.max_sequence_length);
+    for (const auto& w : add ? added_words(r) : edit_words(r)) {
       auto t = token_positions(ids, tok_t5_->tokenize(w));
-      if (t.empty()) throw UsageError("--edit-words: '" + w + "' is not in the source prompt");
+      if (t.empty()) throw UsageError("--edit-words: '" + w + "' is not in the " + (add ? "target" : "source") + " prompt");
       out.insert(out.end(), t.begin(), t.end());
     }
     return out;
@@ -255,18 +262,40 @@ class FluxPipelineImpl : public Pipeline {
     info.grid_h = lh / 2, info.grid_w = lw / 2;
     info.width = r.width, info.height = r.height, info.batch = r.batch;
     guidance.begin(info);
+    // A given image (mmdit edit --image): its packed latent inverted along the flow with the source prompt and the
+    // same distilled guidance; the source row follows that path, and the target starts from its noise.
+    std::vector<at::Tensor> path;
+    if (!r.image.empty()) {
+      at::Tensor x0 = flux_pack_latents(vae_->encode_latents(load_edit_image(r, device_, dtype_)));
+      at::Tensor g;
+      if (tc.guidance_embeds) g = at::full({1}, r.guidance, at::TensorOptions().dtype(at::kFloat).device(device_));
+      path = invert_flow(x0, sched.sigmas(), parse_inversion(r.inversion), [&](const at::Tensor& x, int i) {
+        at::Tensor t = i < sched.num_steps() ? timesteps[i] : at::zeros({}, timesteps.options());
+        return transformer_->forward(x, src.embeds, src.pooled, t.expand({1}), img_ids, txt_ids, g);
+      });
+      noise = path[0];
+    }
+    auto follow = [&](at::Tensor latents, int i) {  // the source row (row 0) onto the inverted path
+      if (path.empty()) return latents;
+      latents = latents.clone();
+      latents.narrow(0, 0, 1).copy_(path[size_t(i)]);
+      return latents;
+    };
     // One denoising run of `rows` images per branch; pairs: the rows are an edit's [source, target].
     auto denoise = [&](at::Tensor latents, const at::Tensor& e, const at::Tensor& p, const at::Tensor& ne,
-                       const at::Tensor& np, int64_t rows, bool pairs, bool report) {
+                       const at::Tensor& np, int64_t rows, bool pairs, int prepass_steps = 0) {
+      const bool prepass = prepass_steps > 0;
       at::Tensor distilled;
       if (tc.guidance_embeds) distilled = at::full({rows}, r.guidance, at::TensorOptions().dtype(at::kFloat).device(device_));
-      for (int i = 0; i < sched.num_steps(); ++i) {
+      for (int i = 0; i < (prepass ? prepass_steps : sched.num_steps()); ++i) {
+        latents = follow(latents, i);
         at::Tensor v;
         if (guidance.zero_step(i)) {
           v = at::zeros_like(latents);
         } else {
           ControlContext ctx = guidance.context(i, sched.num_steps(), sched.timesteps()[size_t(i)], rows);
           ctx.pairs = pairs;
+          ctx.prepass = prepass;
           at::Tensor x = Guidance::by_branch(ctx, latents, latents);
           at::Tensor g = distilled.defined() ? Guidance::by_branch(ctx, distilled, distilled) : distilled;
           const bool regional = ctx.find(Branch::Base) != nullptr;
@@ -280,18 +309,25 @@ class FluxPipelineImpl : public Pipeline {
           v = guidance.combine(pred, ctx, r.cfg);
         }
         latents = sched.step(v, latents, i);
-        if (step && report) step(i + 1, r.steps);
+        if (step && !prepass) step(i + 1, r.steps);
       }
-      return latents;
+      return follow(latents, sched.num_steps());
     };
     at::Tensor latents;
     if (edit) {
-      // ConsistEdit: the source alone first (its attention gives the edit mask), then source and target together.
+      // The first pass derives the edit mask: ConsistEdit's from the source alone over every step (when there are
+      // edit words), FreeFlux's from the source alone (background) or the pair (add) to its derive step. Then
+      // source and target together.
       auto first = [](const at::Tensor& t) { return t.defined() ? t.narrow(0, 0, 1) : t; };
-      denoise(noise, src.embeds, src.pooled, first(neg_embeds), first(neg_pooled), 1, false, false);
-      latents = denoise(noise.repeat({2, 1, 1}), embeds, pooled, neg_embeds, neg_pooled, 2, true, true);
+      const int n_steps = sched.num_steps();
+      if (r.edit_method == "freeflux-add")
+        denoise(noise.repeat({2, 1, 1}), embeds, pooled, neg_embeds, neg_pooled, 2, true, freeflux_derive_step(n_steps) + 1);
+      else if (!info.edit_tokens.empty())
+        denoise(noise, src.embeds, src.pooled, first(neg_embeds), first(neg_pooled), 1, false,
+                is_freeflux(r.edit_method) ? freeflux_derive_step(n_steps) + 1 : n_steps);
+      latents = denoise(noise.repeat({2, 1, 1}), embeds, pooled, neg_embeds, neg_pooled, 2, true);
     } else {
-      latents = denoise(noise, embeds, pooled, neg_embeds, neg_pooled, n, false, true);
+      latents = denoise(noise, embeds, pooled, neg_embeds, neg_pooled, n, false);
     }
     auto images = to_images(vae_->decode_latents(flux_unpack_latents(latents, lh, lw)));
     guidance.end(images);
