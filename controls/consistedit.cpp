@@ -3,7 +3,8 @@
 //   1. the source prompt alone (rows [uncond, cond]): the mean-over-heads image->text attention probabilities of
 //      the edit words' tokens, averaged over every controlled layer and step, summed over the tokens, min-max
 //      normalised over the image; above 0.1 is the edited region, the rest (m = 1) is kept. The probabilities are
-//      exact, through the log-sum-exp trick (the official code materialises the N x N map);
+//      exact, through the log-sum-exp trick (the official code materialises the N x N map). A given image
+//      (--image) takes them from its inversion instead, as the official real-image code does;
 //   2. source and target together (rows [uncond source, uncond target, cond source, cond target]): before every
 //      controlled attention the target's image tokens take, from the source's,
 //        V = m V_s + (1 - m) V_t                       at every step,
@@ -45,6 +46,7 @@ class ConsistEdit : public Control {
 
   bool touches(const AttentionDesc& desc, const ControlContext& ctx) const override {
     if (desc.sub != 0 || desc.text.size() == 0 || (flux_ && desc.layer < double_layers_)) return false;
+    if (!ctx.pairs && mask_.defined()) return false;  // nothing left to record
     return ctx.pairs || ctx.find(Branch::Cond);
   }
   bool needs_lse(const AttentionDesc&, const ControlContext& ctx) const override { return !ctx.pairs && !mask_.defined(); }

@@ -196,7 +196,7 @@ class FreeFlux : public Control {
 
 bool is_freeflux(const std::string& method) { return method.rfind("freeflux-", 0) == 0; }
 
-int freeflux_derive_step(int steps) { return std::max(1, int(std::lround(steps * 7 / 50.0))); }
+int freeflux_derive_step(int steps) { return std::min(steps - 1, std::max(1, int(std::lround(steps * 7 / 50.0)))); }
 
 std::unique_ptr<Control> make_freeflux(const GenerateRequest& r, const ModelShape& model) {
   if (r.source_prompt.empty() || !is_freeflux(r.edit_method)) return nullptr;
@@ -211,7 +211,6 @@ std::unique_ptr<Control> make_freeflux(const GenerateRequest& r, const ModelShap
   }
   if (r.edit_method == "freeflux-background" && r.edit_words.empty())
     throw UsageError("--edit-words: freeflux-background needs the words of the object to keep");
-  if (r.steps > 0 && r.steps < 2) throw UsageError("--steps: FreeFlux's mask needs at least 2 steps");
   return std::make_unique<FreeFlux>(r.edit_method == "freeflux-add" ? Mode::Add : Mode::Background, model,
                                     r.mask_output);
 }

@@ -7,7 +7,8 @@ namespace mmdit {
 
 // "freeflux-nonrigid", "freeflux-add", "freeflux-background".
 bool is_freeflux(const std::string& method);
-// The step whose attention gives FreeFlux's mask: the official 7 of 50 steps, scaled to `steps` (at least 1).
+// The step whose attention gives FreeFlux's mask: the official 7 of 50 steps, scaled to `steps` (at least the
+// second step, when there is one).
 int freeflux_derive_step(int steps);
 
 }  // namespace mmdit

@@ -271,7 +271,10 @@ class FluxPipelineImpl : public Pipeline {
       if (tc.guidance_embeds) g = at::full({1}, r.guidance, at::TensorOptions().dtype(at::kFloat).device(device_));
       path = invert_flow(x0, sched.sigmas(), parse_inversion(r.inversion), [&](const at::Tensor& x, int i) {
         at::Tensor t = i < sched.num_steps() ? timesteps[i] : at::zeros({}, timesteps.options());
-        return transformer_->forward(x, src.embeds, src.pooled, t.expand({1}), img_ids, txt_ids, g);
+        // ConsistEdit's mask comes from the inversion's attention, as in its real-image code (no source pass).
+        const int n_steps = sched.num_steps();
+        const ControlContext ctx = guidance.single_control_context(std::min(i, n_steps - 1), n_steps, 0.0, "consistedit");
+        return transformer_->forward(x, src.embeds, src.pooled, t.expand({1}), img_ids, txt_ids, g, &ctx);
       });
       noise = path[0];
     }
@@ -322,7 +325,7 @@ class FluxPipelineImpl : public Pipeline {
       const int n_steps = sched.num_steps();
       if (r.edit_method == "freeflux-add")
         denoise(noise.repeat({2, 1, 1}), embeds, pooled, neg_embeds, neg_pooled, 2, true, freeflux_derive_step(n_steps) + 1);
-      else if (!info.edit_tokens.empty())
+      else if (!info.edit_tokens.empty() && (path.empty() || is_freeflux(r.edit_method)))  // ConsistEdit: inversion
         denoise(noise, src.embeds, src.pooled, first(neg_embeds), first(neg_pooled), 1, false,
                 is_freeflux(r.edit_method) ? freeflux_derive_step(n_steps) + 1 : n_steps);
       latents = denoise(noise.repeat({2, 1, 1}), embeds, pooled, neg_embeds, neg_pooled, 2, true);

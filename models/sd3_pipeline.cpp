@@ -332,7 +332,9 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
     at::Tensor x0 = vae_->encode_latents(load_edit_image(r, device_, dtype_));
     path = invert_flow(x0, sched.sigmas(), parse_inversion(r.inversion), [&](const at::Tensor& x, int i) {
       at::Tensor t = i < r.steps ? timesteps[i] : at::zeros({}, timesteps.options());
-      return transformer_->forward(x, src.embeds, src.pooled, t.expand({1}));
+      // ConsistEdit's mask comes from the inversion's attention, as in its real-image code (no source pass).
+      const ControlContext ctx = guidance.single_control_context(std::min(i, r.steps - 1), r.steps, 0.0, "consistedit");
+      return transformer_->forward(x, src.embeds, src.pooled, t.expand({1}), &ctx);
     });
     noise = path[0];
   }
@@ -372,7 +374,7 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
   if (edit) {
     // ConsistEdit: the source alone first (its attention gives the edit mask), then source and target together.
     auto first = [](const at::Tensor& t) { return t.defined() ? t.narrow(0, 0, 1) : t; };
-    if (!info.edit_tokens.empty())
+    if (!info.edit_tokens.empty() && path.empty())  // a given image's mask comes from its inversion
       denoise(noise, src.embeds, src.pooled, first(neg_embeds), first(neg_pooled), 1, false, false);
     latents = denoise(noise.repeat({2, 1, 1, 1}), embeds, pooled, neg_embeds, neg_pooled, 2, true, true);
   } else {

@@ -48,6 +48,18 @@ ControlContext Guidance::context(int step, int num_steps, double timestep, int64
   return ctx;
 }
 
+ControlContext Guidance::single_control_context(int step, int num_steps, double timestep, const std::string& name) const {
+  ControlContext ctx;
+  ctx.model = model_;
+  ctx.step = step;
+  ctx.num_steps = num_steps;
+  ctx.timestep = timestep;
+  ctx.rows = {{Branch::Cond, 0, 0.0, 0, 1}};
+  for (const auto& c : controls_)
+    if (c->name() == name) ctx.controls.push_back(c.get());
+  return ctx;
+}
+
 at::Tensor Guidance::by_branch(const ControlContext& ctx, const at::Tensor& cond, const at::Tensor& uncond,
                                const at::Tensor& base) {
   if (ctx.rows.size() == 1) return cond;

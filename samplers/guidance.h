@@ -29,6 +29,9 @@ class Guidance {
 
   // The context of step `step`'s forward pass: n rows per branch, [uncond], cond, [base], [perturbed...].
   ControlContext context(int step, int num_steps, double timestep, int64_t n) const;
+  // A pass of one cond row that only the control named `name` sees (none: no control): inverting a given image,
+  // where the edit control records the source's attention and nothing else acts.
+  ControlContext single_control_context(int step, int num_steps, double timestep, const std::string& name) const;
   // Whether this step predicts zero without running the model (CFG-Zero*'s zero-init steps).
   bool zero_step(int step) const { return config_.cfg_zero_star && step < config_.cfg_zero_steps; }
   // An input laid out like the batch: `cond` ([n, ...]) in cond and perturbed rows, `uncond` in uncond rows,

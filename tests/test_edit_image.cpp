@@ -116,6 +116,24 @@ TEST(EditImage, TheImageWithItsOwnPromptComesBack) {
   }
 }
 
+// A job file's "image" key (relative to the file's folder) gives what `mmdit edit --image` gives.
+TEST(EditImage, JobFilesTakeTheImageKey) {
+  const auto out = test::temp_dir("edit_image_job");
+  fs::copy_file(data() / "consistedit_colour-source.png", out / "in.png", fs::copy_options::overwrite_existing);
+  const std::string sd3 = tiny("tiny-sd3").string();
+  const std::string src = "a small red circle above a blue square", tgt = "a small green circle above a blue square";
+  nlohmann::json jobs = {{"defaults", {{"model", sd3}, {"steps", 4}}},
+                         {"jobs", {{{"source_prompt", src}, {"prompt", tgt}, {"image", "in.png"}, {"output", "job.png"}}}}};
+  std::ofstream(out / "jobs.json") << jobs.dump();
+  auto r = test::run_mmdit("run -q " + (out / "jobs.json").string(), "edit_image_job");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_mmdit("edit -q --model " + sd3 + " --steps 4 --image " + (out / "in.png").string() + " --source-prompt '" +
+                          src + "' --prompt '" + tgt + "' -o " + (out / "cli.png").string(), "edit_image_cli_job");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(read_png(out / "job.png").pixels == read_png(out / "cli.png").pixels);
+  EXPECT_NE(read_png_text(out / "job.png")["mmdit"].find("\"image\""), std::string::npos);
+}
+
 TEST(EditImage, JpegAndResize) {
   const auto out = test::temp_dir("edit_image_jpeg");
   const std::string sd3 = tiny("tiny-sd3").string();

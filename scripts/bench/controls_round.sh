@@ -14,7 +14,9 @@
 #      SD3.5-large 1024², two regions, every step regional, against plain steps).
 #   5. an edit's cost (mmdit edit: the source pass that derives the mask, then source and target together) against
 #      a plain generation and a plain batch of two.
-#   scripts/bench/controls_round.sh [check] [sd35l] [flux] [gpucheck] [regions] [edit]   (default: the first three)
+#   6. editing a given image (inversion, then the pair) and FreeFlux's edits, against a plain batch of two.
+#   scripts/bench/controls_round.sh [check] [sd35l] [flux] [gpucheck] [regions] [edit] [editimage]
+#   (default: the first three)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
@@ -63,6 +65,18 @@ for w in $WHAT; do case $w in
         --variant '--batch 2' \
         --variant "--source-prompt 'a photo of a cat riding a horse on mars' --edit-words cat" | tee -a "$R"
     done ;;
+  editimage)
+    # Editing a given image (--image, scaled to 1024² with --resize): the inversion, then source and target
+    # together, against a plain batch of two at CFG 1 (the default of image edits); FreeFlux's edits on FLUX.
+    IMG=tests/data/consistedit/consistedit_colour-source.png
+    SRC="--source-prompt 'a photo of a cat riding a horse on mars' --edit-words cat --image $IMG --resize"
+    $M bench --model $L/sd3.5-large --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
+      --steps 10 --warmup-steps 3 --cfg 1 --variant '--batch 2' --variant "$SRC" | tee -a "$R"
+    $M bench --model $L/flux-dev --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
+      --steps 10 --warmup-steps 3 --variant '--batch 2' --variant "$SRC" \
+      --variant "--source-prompt 'a photo of a cat riding a horse on mars' --edit-method freeflux-nonrigid" \
+      --variant "--source-prompt 'a photo of a horse on mars' --edit-method freeflux-add --edit-words astronaut" \
+      | tee -a "$R" ;;
   flux)
     $M bench --model $L/flux-dev --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
       --steps 10 --warmup-steps 3 \
