@@ -83,11 +83,7 @@ class ConsistEdit : public Control {
 
   void end(const std::vector<Image>&) override {
     if (mask_output_.empty() || !mask_.defined()) return;
-    // White = edited, at the output size (each token cell a block of pixels).
-    at::Tensor edited = (1 - mask_).view({1, 1, info_.grid_h, info_.grid_w}).to(at::kFloat);
-    at::Tensor up = at::upsample_nearest2d(edited, {info_.height, info_.width})[0][0];
-    write_png(mask_output_, images_from_u8((up * 255).round().to(at::kByte).unsqueeze(0).unsqueeze(-1))[0]);
-    log_info("edit mask written to " + mask_output_);
+    write_edit_mask(mask_output_, 1 - mask_, info_.grid_h, info_.grid_w, info_.height, info_.width);
   }
 
  private:
@@ -166,6 +162,14 @@ std::vector<std::string> added_words(const GenerateRequest& r) {
   if (out.empty())
     throw UsageError("--prompt: the target adds no word to the source; name the added object with --edit-words");
   return out;
+}
+
+void write_edit_mask(const std::string& path, const at::Tensor& edited, int64_t grid_h, int64_t grid_w, int height,
+                     int width) {
+  at::Tensor grid = edited.to(at::kCPU, at::kFloat).view({1, 1, grid_h, grid_w});
+  at::Tensor up = at::upsample_nearest2d(grid, {height, width})[0][0];
+  write_png(path, images_from_u8((up * 255).round().to(at::kByte).unsqueeze(0).unsqueeze(-1))[0]);
+  log_info("edit mask written to " + path);
 }
 
 std::vector<int64_t> token_positions(const std::vector<int64_t>& ids, const std::vector<int64_t>& word) {

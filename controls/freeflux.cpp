@@ -24,9 +24,6 @@
 #include "controls/freeflux.h"
 #include "controls/registry.h"
 #include "core/errors.h"
-#include "core/image_io.h"
-#include "core/log.h"
-#include "core/torch_util.h"
 #include "models/pipeline.h"
 
 namespace mmdit {
@@ -143,11 +140,9 @@ class FreeFlux : public Control {
 
   void end(const std::vector<Image>&) override {
     if (mask_output_.empty() || !mask_.defined()) return;
-    // White = edited: the added object's region, or the background around the kept object.
-    at::Tensor edited = (mode_ == Mode::Add ? mask_ : 1 - mask_).view({1, 1, info_.grid_h, info_.grid_w});
-    at::Tensor up = at::upsample_nearest2d(edited, {info_.height, info_.width})[0][0];
-    write_png(mask_output_, images_from_u8((up * 255).round().to(at::kByte).unsqueeze(0).unsqueeze(-1))[0]);
-    log_info("edit mask written to " + mask_output_);
+    // Edited: the added object's region, or the background around the kept object.
+    write_edit_mask(mask_output_, mode_ == Mode::Add ? mask_ : 1 - mask_, info_.grid_h, info_.grid_w, info_.height,
+                    info_.width);
   }
 
  private:

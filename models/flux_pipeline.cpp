@@ -278,12 +278,6 @@ class FluxPipelineImpl : public Pipeline {
       });
       noise = path[0];
     }
-    auto follow = [&](at::Tensor latents, int i) {  // the source row (row 0) onto the inverted path
-      if (path.empty()) return latents;
-      latents = latents.clone();
-      latents.narrow(0, 0, 1).copy_(path[size_t(i)]);
-      return latents;
-    };
     // One denoising run of `rows` images per branch; pairs: the rows are an edit's [source, target].
     auto denoise = [&](at::Tensor latents, const at::Tensor& e, const at::Tensor& p, const at::Tensor& ne,
                        const at::Tensor& np, int64_t rows, bool pairs, int prepass_steps = 0) {
@@ -291,7 +285,7 @@ class FluxPipelineImpl : public Pipeline {
       at::Tensor distilled;
       if (tc.guidance_embeds) distilled = at::full({rows}, r.guidance, at::TensorOptions().dtype(at::kFloat).device(device_));
       for (int i = 0; i < (prepass ? prepass_steps : sched.num_steps()); ++i) {
-        latents = follow(latents, i);
+        latents = on_path(path, latents, i);  // the source row follows a given image's path
         at::Tensor v;
         if (guidance.zero_step(i)) {
           v = at::zeros_like(latents);
@@ -314,7 +308,7 @@ class FluxPipelineImpl : public Pipeline {
         latents = sched.step(v, latents, i);
         if (step && !prepass) step(i + 1, r.steps);
       }
-      return follow(latents, sched.num_steps());
+      return on_path(path, latents, sched.num_steps());
     };
     at::Tensor latents;
     if (edit) {

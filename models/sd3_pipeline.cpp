@@ -338,17 +338,11 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
     });
     noise = path[0];
   }
-  auto follow = [&](at::Tensor latents, int i) {  // the source row (row 0) onto the inverted path
-    if (path.empty()) return latents;
-    latents = latents.clone();
-    latents.narrow(0, 0, 1).copy_(path[size_t(i)]);
-    return latents;
-  };
   // One denoising run of `rows` images per branch; pairs: the rows are an edit's [source, target].
   auto denoise = [&](at::Tensor latents, const at::Tensor& e, const at::Tensor& p, const at::Tensor& ne,
                      const at::Tensor& np, int64_t rows, bool pairs, bool report) {
     for (int i = 0; i < r.steps; ++i) {
-      latents = follow(latents, i);
+      latents = on_path(path, latents, i);  // the source row follows a given image's path
       at::Tensor v;
       if (guidance.zero_step(i)) {
         v = at::zeros_like(latents);
@@ -368,7 +362,7 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
       latents = sched.step(v, latents, i);
       if (step && report) step(i + 1, r.steps);
     }
-    return follow(latents, r.steps);
+    return on_path(path, latents, r.steps);
   };
   at::Tensor latents;
   if (edit) {

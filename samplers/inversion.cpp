@@ -42,4 +42,11 @@ std::vector<at::Tensor> invert_flow(const at::Tensor& x0, const std::vector<floa
   return path;
 }
 
+at::Tensor on_path(const std::vector<at::Tensor>& path, const at::Tensor& latents, int i) {
+  if (path.empty()) return latents;
+  at::Tensor out = latents.clone();
+  out.narrow(0, 0, 1).copy_(path[size_t(i)]);
+  return out;
+}
+
 }  // namespace mmdit

@@ -32,4 +32,7 @@ using VelocityFn = std::function<at::Tensor(const at::Tensor& x, int i)>;
 std::vector<at::Tensor> invert_flow(const at::Tensor& x0, const std::vector<float>& sigmas, InversionMethod method,
                                     const VelocityFn& velocity, const std::function<void(int, int)>& progress = {});
 
+// `latents` with its first row (an edit's source) set to path[i]; `latents` itself when there is no path.
+at::Tensor on_path(const std::vector<at::Tensor>& path, const at::Tensor& latents, int i);
+
 }  // namespace mmdit
