@@ -184,12 +184,13 @@ std::vector<int64_t> token_positions(const std::vector<int64_t>& ids, const std:
 }
 
 std::unique_ptr<Control> make_consistedit(const GenerateRequest& r, const ModelShape& model) {
+  if (r.image.empty() && (r.resize || r.inversion != "uniinv"))
+    throw UsageError(std::string(r.resize ? "--resize" : "--inversion") + ": only for edits of a given image (mmdit "
+                     "edit --image ...)");
   if (r.source_prompt.empty()) {
     for (auto [flag, value] : {std::pair{"--edit-words", &r.edit_words}, {"--source-output", &r.source_output},
                                {"--mask-output", &r.mask_output}, {"--image", &r.image}})
       if (!value->empty()) throw UsageError(std::string(flag) + ": only for edits (mmdit edit --source-prompt ...)");
-    if (r.resize) throw UsageError("--resize: only for edits of a given image (mmdit edit --image ...)");
-    if (r.inversion != "uniinv") throw UsageError("--inversion: only for edits of a given image (mmdit edit --image ...)");
     return nullptr;
   }
   if (r.edit_method != "consistedit" && !is_freeflux(r.edit_method))
@@ -198,8 +199,6 @@ std::unique_ptr<Control> make_consistedit(const GenerateRequest& r, const ModelS
   if (model.family != "sd3" && model.family != "flux")
     throw UsageError("--source-prompt: consistent editing is for SD3/SD3.5 and FLUX images, not " + model.family);
   if (r.batch != 1) throw UsageError("--batch: an edit makes one source and one target image");
-  if (r.image.empty() && (r.resize || r.inversion != "uniinv"))
-    throw UsageError(std::string(r.resize ? "--resize" : "--inversion") + ": only for edits of a given image (--image)");
   parse_inversion(r.inversion);
   if (!r.regions.empty()) throw UsageError("--source-prompt: cannot be combined with --region yet");
   if (r.edit_method != "consistedit") return nullptr;  // FreeFlux (controls/freeflux.cpp)

@@ -27,13 +27,28 @@ at::Tensor keep_input_rows(const at::Tensor& out, const at::Tensor& in, const Bl
   return o;
 }
 
+namespace {
+
+// Softmax entries P[i, j] = exp(q_i . k_j * scale - LSE_i) of some query rows and key columns, without the N x N
+// matrix; `l` is the query rows' LSE.
+at::Tensor softmax_entries(const at::Tensor& qs, const at::Tensor& ks, const at::Tensor& l, double scale) {
+  return at::exp(at::matmul(qs.to(at::kFloat), ks.to(at::kFloat).transpose(-2, -1)) * scale - l.unsqueeze(-1));
+}
+
+}  // namespace
+
 at::Tensor AttentionCall::image_text_probs(int64_t b, int64_t e, const at::Tensor& cols) const {
-  const TokenRange& img = desc.image;
-  at::Tensor qi = q.narrow(0, b, e - b).narrow(2, img.begin, img.size()).to(at::kFloat);
-  at::Tensor kt = k.narrow(0, b, e - b).narrow(2, desc.text.begin, desc.text.size()).index_select(2, cols).to(at::kFloat);
-  at::Tensor l = lse.narrow(0, b, e - b).narrow(2, img.begin, img.size()).unsqueeze(-1);
-  // P[i, t] = exp(q_i . k_t * scale - LSE_i): the softmax entry without the N x N matrix.
-  return at::exp(at::matmul(qi, kt.transpose(-2, -1)) * scale - l);
+  const TokenRange &img = desc.image, &txt = desc.text;
+  return softmax_entries(q.narrow(0, b, e - b).narrow(2, img.begin, img.size()),
+                         k.narrow(0, b, e - b).narrow(2, txt.begin, txt.size()).index_select(2, cols),
+                         lse.narrow(0, b, e - b).narrow(2, img.begin, img.size()), scale);
+}
+
+at::Tensor AttentionCall::text_image_probs(int64_t b, int64_t e, const at::Tensor& rows) const {
+  const TokenRange &img = desc.image, &txt = desc.text;
+  return softmax_entries(q.narrow(0, b, e - b).narrow(2, txt.begin, txt.size()).index_select(2, rows),
+                         k.narrow(0, b, e - b).narrow(2, img.begin, img.size()),
+                         lse.narrow(0, b, e - b).narrow(2, txt.begin, txt.size()).index_select(2, rows), scale);
 }
 
 bool touched(const AttentionDesc& desc) {

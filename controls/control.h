@@ -82,6 +82,9 @@ struct AttentionCall {
   // Exact image->text attention probabilities of batch rows [b, e) and text positions `cols` (indices into
   // desc.text): exp(q_img . k_col * scale - lse), [e - b, H, N_img, cols] float32. Needs lse.
   at::Tensor image_text_probs(int64_t b, int64_t e, const at::Tensor& cols) const;
+  // The other direction: text positions `rows` (indices into desc.text) attending to the image tokens,
+  // [e - b, H, rows, N_img] float32. Needs lse.
+  at::Tensor text_image_probs(int64_t b, int64_t e, const at::Tensor& rows) const;
 };
 
 // What a generation is about, for controls that need more than one pass (attention maps).

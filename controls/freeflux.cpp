@@ -152,18 +152,14 @@ class FreeFlux : public Control {
     const BranchRows& cond = *call.ctx.find(Branch::Cond);
     const int64_t row = cond.begin + (mode_ == Mode::Add ? 1 : 0);
     if (mode_ == Mode::Add && cond.size() != 2) throw RuntimeFailure("freeflux: the reasoning pass needs the pair");
-    at::Tensor q = call.q.narrow(0, row, 1).to(at::kFloat), k = call.k.narrow(0, row, 1).to(at::kFloat);
-    at::Tensor lse = attention_with_lse(q, k, call.v.narrow(0, row, 1).to(at::kFloat), call.scale).second;
-    const TokenRange img = call.desc.image, txt = call.desc.text;
-    if (cols_.device() != q.device()) cols_ = cols_.to(q.device());
-    at::Tensor qi = q.narrow(2, img.begin, img.size()), ki = k.narrow(2, img.begin, img.size());
-    at::Tensor qt = q.narrow(2, txt.begin, txt.size()).index_select(2, cols_);
-    at::Tensor kt = k.narrow(2, txt.begin, txt.size()).index_select(2, cols_);
-    at::Tensor lse_i = lse.narrow(2, img.begin, img.size()).unsqueeze(-1);
-    at::Tensor lse_t = lse.narrow(2, txt.begin, txt.size()).index_select(2, cols_).unsqueeze(-1);
-    // [1, H, words, N]: P[word -> image] and P[image -> word]^T, exp(score - LSE) without the N x N matrix.
-    at::Tensor to_img = at::exp(at::matmul(qt, ki.transpose(-2, -1)) * call.scale - lse_t);
-    at::Tensor from_img = at::exp(at::matmul(qi, kt.transpose(-2, -1)) * call.scale - lse_i).transpose(-2, -1);
+    AttentionCall own = call;
+    own.q = call.q.narrow(0, row, 1).to(at::kFloat), own.k = call.k.narrow(0, row, 1).to(at::kFloat);
+    own.v = call.v.narrow(0, row, 1).to(at::kFloat);
+    own.lse = attention_with_lse(own.q, own.k, own.v, call.scale).second;
+    if (cols_.device() != own.q.device()) cols_ = cols_.to(own.q.device());
+    // [1, H, words, N]: P[word -> image] and P[image -> word]^T.
+    at::Tensor to_img = own.text_image_probs(0, 1, cols_);
+    at::Tensor from_img = own.image_text_probs(0, 1, cols_).transpose(-2, -1);
     at::Tensor maps = ((to_img + from_img) / 2).mean(1)[0].to(at::kCPU).view({-1, info_.grid_h, info_.grid_w});
     at::Tensor layer = at::zeros({info_.grid_h, info_.grid_w});
     for (int64_t w = 0; w < maps.size(0); ++w) layer += smooth(maps[w]);

@@ -70,7 +70,6 @@ void remove_stale_temps(const std::vector<std::string>& outputs) {
   }
 }
 
-
 std::string short_prompt(const std::string& p) {
   std::string s = p.size() > 60 ? p.substr(0, 57) + "..." : p;
   for (auto& c : s)

@@ -242,7 +242,6 @@ bool in_range(const RequestOption& o, double v) {
   return true;
 }
 
-
 }  // namespace
 
 bool valid_device(const std::string& s) {

@@ -81,10 +81,10 @@ GenerateRequest::Region parse_region_mask(const std::string& s);
 // default (what the PNG/MP4 metadata carry, so that a run can be reproduced as a job).
 nlohmann::ordered_json request_json(const GenerateRequest& r);
 
-// Helpers of job-file checking: JSON Schema's "integer" (a number without fraction), a value as messages show it
-// (shortened), a number as messages show it.
 // cpu, cuda or cuda:N.
 bool valid_device(const std::string& s);
+// Helpers of job-file checking: JSON Schema's "integer" (a number without fraction), a value as messages show it
+// (shortened), a number as messages show it.
 bool json_integer(const nlohmann::json& v, long double& out);
 std::string shown(const nlohmann::json& v);
 std::string fmt_num(double v);

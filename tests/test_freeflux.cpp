@@ -92,11 +92,7 @@ TEST(FreeFlux, BadInputExitsTwoWithOneLineAndNoOutput) {
       {flux + "--edit-method freeflux-add --edit-words moon", "'moon' is not in the target prompt"},
   };
   for (const auto& [args, message] : bad) {
-    auto r = test::run_mmdit(args + " --steps 2 -o " + out, "bad_freeflux");
-    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
-    EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
-    EXPECT_FALSE(fs::exists(out)) << args;
+    test::expect_input_error(args + " --steps 2 -o " + out, message, out, "bad_freeflux");
   }
 }
 

@@ -1,11 +1,14 @@
 // Helpers shared by the tests: paths, temp folders, running the mmdit binary, relative error.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
 #include <string>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <gtest/gtest.h>
 
 namespace mmdit::test {
 
@@ -50,6 +53,16 @@ inline RunResult run_mmdit(const std::string& args, const std::string& tag = "ru
   r.out = slurp(out);
   r.err = slurp(err);
   return r;
+}
+
+// Bad input: `mmdit ARGS` exits 2 with one line of stderr that contains `message`, and writes no `output`.
+inline void expect_input_error(const std::string& args, const std::string& message, const std::filesystem::path& output,
+                               const std::string& tag = "bad_input") {
+  auto r = run_mmdit(args, tag);
+  EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
+  EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
+  EXPECT_FALSE(std::filesystem::exists(output)) << args;
 }
 
 }  // namespace mmdit::test
