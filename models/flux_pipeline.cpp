@@ -16,6 +16,7 @@
 #include "models/clip_tokenizer.h"
 #include "models/edit_image.h"
 #include "models/flux_transformer.h"
+#include "models/step_graph.h"
 #include "models/t5_encoder.h"
 #include "models/t5_tokenizer.h"
 #include "models/vae.h"
@@ -284,6 +285,7 @@ class FluxPipelineImpl : public Pipeline {
       const bool prepass = prepass_steps > 0;
       at::Tensor distilled;
       if (tc.guidance_embeds) distilled = at::full({rows}, r.guidance, at::TensorOptions().dtype(at::kFloat).device(device_));
+      StepGraph graph(!r.no_graphs && device_.is_cuda());  // CUDA: the steps no control takes part in, replayed (models/step_graph.h)
       for (int i = 0; i < (prepass ? prepass_steps : sched.num_steps()); ++i) {
         latents = on_path(path, latents, i);  // the source row follows a given image's path
         at::Tensor v;
@@ -299,10 +301,14 @@ class FluxPipelineImpl : public Pipeline {
           at::Tensor text = regional ? Guidance::by_branch(ctx, regional_embeds, padded(ne), padded(e))
                                      : Guidance::by_branch(ctx, e, ne);
           const BatchSplit split(ctx);  // CFG-parallel: this rank's rows (samplers/cfg_parallel.h)
-          at::Tensor pred = split.gather(transformer_->forward(
-              split.take(x), split.take(text), split.take(Guidance::by_branch(ctx, p, np)),
-              timesteps[i].expand({split.rows()}), img_ids, regional ? flux_text_ids(text.size(1), opts) : txt_ids,
-              split.take(g), &split.context()));
+          const ControlContext& part = split.context();
+          const at::Tensor ids = regional ? flux_text_ids(text.size(1), opts) : txt_ids;
+          at::Tensor pred = split.gather(graph(
+              {split.take(x), split.take(text), split.take(Guidance::by_branch(ctx, p, np)),
+               timesteps[i].expand({split.rows()}), split.take(g)},
+              &part, [&](const std::vector<at::Tensor>& in) {
+                return transformer_->forward(in[0], in[1], in[2], in[3], img_ids, ids, in[4], &part);
+              }));
           v = guidance.combine(pred, ctx, r.cfg);
         }
         latents = sched.step(v, latents, i);

@@ -16,6 +16,7 @@
 #include "models/clip_tokenizer.h"
 #include "models/edit_image.h"
 #include "models/sd3_transformer.h"
+#include "models/step_graph.h"
 #include "models/t5_encoder.h"
 #include "models/t5_tokenizer.h"
 #include "models/vae.h"
@@ -341,6 +342,7 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
   // One denoising run of `rows` images per branch; pairs: the rows are an edit's [source, target].
   auto denoise = [&](at::Tensor latents, const at::Tensor& e, const at::Tensor& p, const at::Tensor& ne,
                      const at::Tensor& np, int64_t rows, bool pairs, bool report) {
+    StepGraph graph(!r.no_graphs && device_.is_cuda());  // CUDA: the steps no control takes part in, replayed (models/step_graph.h)
     for (int i = 0; i < r.steps; ++i) {
       latents = on_path(path, latents, i);  // the source row follows a given image's path
       at::Tensor v;
@@ -354,9 +356,12 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
         at::Tensor text = ctx.find(Branch::Base) ? Guidance::by_branch(ctx, regional_embeds, padded(ne), padded(e))
                                                  : Guidance::by_branch(ctx, e, ne);
         const BatchSplit split(ctx);  // CFG-parallel: this rank's rows (samplers/cfg_parallel.h)
-        at::Tensor pred = split.gather(transformer_->forward(split.take(x), split.take(text),
-                                                             split.take(Guidance::by_branch(ctx, p, np)),
-                                                             timesteps[i].expand({split.rows()}), &split.context()));
+        const ControlContext& part = split.context();
+        at::Tensor pred = split.gather(graph({split.take(x), split.take(text), split.take(Guidance::by_branch(ctx, p, np)),
+                                              timesteps[i].expand({split.rows()})},
+                                             &part, [&](const std::vector<at::Tensor>& in) {
+                                               return transformer_->forward(in[0], in[1], in[2], in[3], &part);
+                                             }));
         v = guidance.combine(pred, ctx, r.cfg);
       }
       latents = sched.step(v, latents, i);

@@ -4,15 +4,19 @@
 // kernel's, bit for bit, and the LSE the exact log-sum-exp. Then the fused kernels of the blocks' fast path
 // (kernels/fused.cu through models/fused_ops.h) against their ATen references on the same device: norm +
 // modulation (with the residual, the affine LayerNorm, CogVideoX's two modulation sets) and the Q/K/V
-// preparation (each QK norm, RoPE on all or part of the tokens, the joint buffers' offsets). Prints one line per case.
+// preparation (each QK norm, RoPE on all or part of the tokens, the joint buffers' offsets). Then the step graph
+// (models/step_graph.h): replayed calls give the eager call's numbers bit for bit, a new shape is warmed up and
+// captured again, a step with a control runs eagerly. Prints one line per case.
 #include <cmath>
 #include <cstdio>
 
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include "controls/control.h"
 #include "core/attention.h"
 #include "models/fused_ops.h"
+#include "models/step_graph.h"
 
 namespace {
 
@@ -128,6 +132,40 @@ int check_qkv_prepare(at::Generator& gen) {
   return failures;
 }
 
+// A stand-in for a transformer call: GEMMs, a norm, attention, on inputs that change every step.
+int check_step_graph(at::Generator& gen) {
+  auto opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  at::Tensor w = at::randn({256, 256}, gen).to(opts) * 0.05;
+  auto call = [&](const std::vector<at::Tensor>& in) {
+    at::Tensor h = at::layer_norm(at::matmul(in[0], w), {256}) * (1 + in[1].view({-1, 1, 1}));
+    at::Tensor q = h.view({h.size(0), h.size(1), 4, 64}).transpose(1, 2);
+    return at::scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(h.sizes()) + in[0];
+  };
+  mmdit::StepGraph graph(true);
+  mmdit::ControlContext with_control;
+  with_control.controls.push_back(nullptr);  // only its presence matters here
+  int failures = 0;
+  struct Step {
+    int64_t rows;
+    bool control;
+  };
+  const std::vector<Step> steps = {{2, false}, {2, false}, {2, false}, {2, true}, {2, false}, {1, false}, {1, false}, {1, false}};
+  for (size_t i = 0; i < steps.size(); ++i) {
+    std::vector<at::Tensor> in = {at::randn({steps[i].rows, 77, 256}, gen).to(opts),
+                                  at::rand({steps[i].rows}, gen).to(opts)};
+    at::Tensor got = graph(in, steps[i].control ? &with_control : nullptr, call);
+    const bool ok = at::equal(got, call(in));
+    failures += !ok;
+    std::printf("{\"check\": \"step graph\", \"call\": %zu, \"rows\": %lld, \"control\": %s, \"same_as_eager\": %s}\n", i,
+                (long long)steps[i].rows, steps[i].control ? "true" : "false", ok ? "true" : "false");
+  }
+  // rows 2: warm-up, capture, replay, (control: eager), replay; rows 1: warm-up, capture, replay.
+  const bool counts = graph.eager == 3 && graph.captured == 2 && graph.replayed == 3;
+  std::printf("{\"check\": \"step graph counts\", \"eager\": %d, \"captured\": %d, \"replayed\": %d, \"ok\": %s}\n",
+              graph.eager, graph.captured, graph.replayed, counts ? "true" : "false");
+  return failures + !counts;
+}
+
 }  // namespace
 
 int main() {
@@ -167,5 +205,6 @@ int main() {
   failures += check_ln_modulate(g);
   failures += check_residual(g);
   failures += check_qkv_prepare(g);
+  failures += check_step_graph(g);
   return failures ? 1 : 0;
 }
