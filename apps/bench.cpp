@@ -12,6 +12,7 @@
 #include "apps/commands.h"
 #include "apps/launch.h"
 #include "apps/request_flags.h"
+#include "controls/regional.h"
 #include "core/attention.h"
 #include "core/errors.h"
 #include "core/parallel.h"
@@ -34,6 +35,7 @@ struct BenchOptions {
   int gpus = 0;                // one generation over several GPUs (apps/launch.h)
   std::string parallel = "auto";
   std::string profile;  // a folder: a Kineto trace of each variant's first timed run (scripts/bench/profile_summary.py)
+  std::string region_kernel = "dense";  // controls/regional.h RegionKernel
 };
 
 double now_s() {
@@ -121,6 +123,7 @@ void run_bench(BenchOptions& o) {
   if (in_worker()) join_world(o.req.device, o.gpus, "", o.parallel);
   const GenerateRequest& r = o.req;
   set_attention_backend(o.attention);
+  set_region_kernel(o.region_kernel == "mask" ? RegionKernel::Mask : RegionKernel::Dense);
   if (o.random_weights) set_random_weights(true, r.device);
   const double t0 = now_s();
   auto pipe = load_pipeline(r);
@@ -135,7 +138,7 @@ void run_bench(BenchOptions& o) {
     CLI::App parser("variant");
     add_request_flags(&parser, f, [](const RequestOption& opt) {
       return opt.group == "Guidance" || opt.group == "Controls" || opt.group == "Editing" || opt.key == "batch" ||
-             opt.key == "no_fused";
+             opt.key == "no_fused" || opt.key == "no_graphs";
     });
     try {
       parser.parse(v, false);
@@ -172,6 +175,11 @@ Command add_bench_command(CLI::App& app) {
   sub->add_option("--gpus", o->gpus, "Time one generation over N GPUs (one worker each)")->check(CLI::PositiveNumber);
   sub->add_option("--parallel", o->parallel, "With --gpus: auto, cfg or ulysses")
       ->check(CLI::IsMember({"auto", "cfg", "ulysses"}));
+  sub->add_option("--region-kernel", o->region_kernel,
+                  "Regional prompts' attention: dense (calls per region where the regions split the image) or mask "
+                  "(one masked call)")
+      ->check(CLI::IsMember({"dense", "mask"}))
+      ->capture_default_str();
   sub->add_flag("--random-weights", o->random_weights, "Make random weights on the device instead of loading files");
   sub->add_option("--batch", r.batch, "Images per run (--batch 3 --cfg 1: three plain rows, a baseline)")
       ->check(CLI::Range(1, 64));

@@ -70,7 +70,9 @@ at::Tensor controlled_attention(const at::Tensor& q, const at::Tensor& k, const 
   }
   for (Control* c : active) c->before(call);
   const auto mask = call.mask.defined() ? std::optional<at::Tensor>(call.mask) : std::nullopt;
-  if (lse) {
+  if (call.out.defined()) {
+    if (lse) throw RuntimeFailure("controls: an attention computed by a control has no log-sum-exp");
+  } else if (lse) {
     std::tie(call.out, call.lse) = attention_with_lse(call.q, call.k, call.v, scale, mask);
   } else {
     call.out = at::scaled_dot_product_attention(call.q, call.k, call.v, mask, 0.0, false,

@@ -114,7 +114,9 @@ class Control {
   // The attention hooks: touches() decides whether the call leaves the plain kernel.
   virtual bool touches(const AttentionDesc& desc, const ControlContext& ctx) const { return false; }
   virtual bool needs_lse(const AttentionDesc& desc, const ControlContext& ctx) const { return false; }
-  virtual void before(AttentionCall& call) {}  // may replace q, k, v
+  // May replace q, k, v, set a mask, or set out: the control computed the attention itself (the regions' dense
+  // calls per region), and no kernel runs.
+  virtual void before(AttentionCall& call) {}
   virtual void after(AttentionCall& call) {}   // may replace out
 
   // Around a generation (attention maps accumulate over steps and write at the end).

@@ -12,6 +12,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr int64_t kTextBudget = 4096;  // text tokens of all regions together
+RegionKernel region_kernel = RegionKernel::Dense;
 
 // Text tokens of one encoded prompt: SD3's 77 CLIP + T5 tokens, FLUX's T5 tokens.
 int64_t prompt_tokens(const ModelShape& model, const GenerateRequest& r) {
@@ -44,13 +45,19 @@ class Regional : public Control {
   void begin(const GenerationInfo& info) override {
     cells_ = region_tokens(pixels_, info.grid_h, info.grid_w);  // [slots, N] in the image tokens' order
     mask_ = at::Tensor();
+    groups_ = Groups();
+    split_ = (cells_.sum(0) == 1).all().item<bool>();  // every image token in exactly one region
   }
 
   bool touches(const AttentionDesc& desc, const ControlContext& ctx) const override {
     return desc.sub == 0 && desc.text.size() > 0 && ctx.find(Branch::Base);
   }
 
-  void before(AttentionCall& call) override { call.mask = batch_mask(call); }
+  void before(AttentionCall& call) override {
+    check_layout(call);
+    if (split_ && region_kernel == RegionKernel::Dense) call.out = dense_attention(call);
+    else call.mask = batch_mask(call);
+  }
 
   void after(AttentionCall& call) override {
     const BranchRows& cond = *call.ctx.find(Branch::Cond);
@@ -65,15 +72,63 @@ class Regional : public Control {
   }
 
  private:
+  void check_layout(const AttentionCall& call) const {
+    const int64_t slots = cells_.size(0), T = prompt_tokens_;
+    if (call.desc.text.size() != slots * T || call.desc.image.size() != cells_.size(1))
+      throw RuntimeFailure("regions: the joint sequence does not hold " + std::to_string(slots) + " prompts of " +
+                           std::to_string(T) + " tokens and " + std::to_string(cells_.size(1)) + " image tokens");
+  }
+
+  // The token groups of the dense path, as indices into the joint sequence: each region's text and image tokens,
+  // and the real tokens of a row holding one padded prompt (its first text slot and the image).
+  struct Groups {
+    int64_t text_begin = -1, image_begin = -1;
+    std::vector<at::Tensor> regions;
+    at::Tensor real;
+  };
+  const Groups& groups(const AttentionCall& call) {
+    const TokenRange img = call.desc.image, txt = call.desc.text;
+    if (groups_.real.defined() && groups_.text_begin == txt.begin && groups_.image_begin == img.begin &&
+        groups_.real.device() == call.q.device())
+      return groups_;
+    const int64_t T = prompt_tokens_;
+    Groups g{txt.begin, img.begin, {}, {}};
+    for (int64_t i = 0; i < cells_.size(0); ++i)
+      g.regions.push_back(at::cat({at::arange(txt.begin + i * T, txt.begin + (i + 1) * T, at::kLong),
+                                   cells_[i].nonzero().view({-1}) + img.begin}).to(call.q.device()));
+    g.real = at::cat({at::arange(txt.begin, txt.begin + T, at::kLong), at::arange(img.begin, img.end, at::kLong)})
+                 .to(call.q.device());
+    groups_ = std::move(g);
+    return groups_;
+  }
+
+  // The masked attention without the mask: each group attends among itself. The padding's outputs are zeros
+  // (nothing reads them: it is no key of any token).
+  at::Tensor dense_attention(const AttentionCall& call) {
+    const Groups& g = groups(call);
+    const at::Tensor &q = call.q, &k = call.k, &v = call.v;
+    at::Tensor out = at::zeros({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options()).transpose(1, 2);
+    auto dense = [&](const BranchRows& r, const at::Tensor& idx) {
+      auto pick = [&](const at::Tensor& t) { return t.narrow(0, r.begin, r.size()).index_select(2, idx); };
+      at::Tensor o = at::scaled_dot_product_attention(pick(q), pick(k), pick(v), std::nullopt, 0.0, false, call.scale);
+      out.narrow(0, r.begin, r.size()).index_copy_(2, idx, o);
+    };
+    for (const auto& r : call.ctx.rows) {
+      if (r.branch != Branch::Cond) {
+        dense(r, g.real);
+        continue;
+      }
+      for (const auto& idx : g.regions) dense(r, idx);
+    }
+    return out;
+  }
+
   // The mask of the whole batch, [B, 1, S, S] bool: cond rows the regional mask, the others their padding masked.
   const at::Tensor& batch_mask(const AttentionCall& call) {
     const int64_t B = call.q.size(0), S = call.q.size(2);
     if (mask_.defined() && mask_.size(0) == B && mask_.size(2) == S && mask_.device() == call.q.device()) return mask_;
     const TokenRange img = call.desc.image, txt = call.desc.text;
     const int64_t slots = cells_.size(0), T = prompt_tokens_;
-    if (txt.size() != slots * T || img.size() != cells_.size(1))
-      throw RuntimeFailure("regions: the joint sequence does not hold " + std::to_string(slots) + " prompts of " +
-                           std::to_string(T) + " tokens and " + std::to_string(cells_.size(1)) + " image tokens");
     // Regional-Prompting-FLUX's pipeline (pipeline_flux_regional.py), in the model's token order.
     at::Tensor m = at::zeros({S, S}, at::kBool);
     at::Tensor self_attend = at::zeros({img.size(), img.size()}, at::kBool);
@@ -100,6 +155,8 @@ class Regional : public Control {
   }
 
   at::Tensor pixels_, cells_, mask_;
+  Groups groups_;
+  bool split_ = false;
   double base_ratio_;
   int steps_;
   int64_t prompt_tokens_;
@@ -108,6 +165,8 @@ class Regional : public Control {
 };
 
 }  // namespace
+
+void set_region_kernel(RegionKernel k) { region_kernel = k; }
 
 at::Tensor region_tokens(const at::Tensor& pixels, int64_t h, int64_t w) {
   // nearest-exact: output cell i takes input index floor((i + 0.5) * in / out).

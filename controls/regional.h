@@ -3,7 +3,8 @@
 //   [uncond], cond = the regions' prompts side by side (R x T text tokens), base = the base prompt,
 // the uncond and base rows' text padded to R x T. The control (controls/regional.cpp) then gives the cond rows the
 // official boolean mask (each region's text sees only itself and its image tokens; an image token sees its
-// region's text and the image tokens of its region), masks the padding of the other rows, and blends the cond
+// region's text and the image tokens of its region), masks the padding of the other rows (where the regions split
+// the image, the same attention runs as dense calls on gathered tokens: RegionKernel below), and blends the cond
 // rows' image attention output with the base row's, (1 - B) regional + B base, in every block; in the
 // double-stream blocks (every SD3 block, FLUX's double blocks) the base row's image stream takes the blend too, as
 // the official model carries one image stream there. Later steps are plain generation with the base prompt.
@@ -30,5 +31,13 @@ RegionLayout region_layout(const GenerateRequest& r, int max_slots);
 
 // The official mask resize (F.interpolate mode "nearest-exact"): [slots, H, W] -> [slots, h * w] bool.
 at::Tensor region_tokens(const at::Tensor& pixels, int64_t h, int64_t w);
+
+// How the regions' attention runs. Dense: where the regions split the image tokens (no overlap; the background
+// slot covers the rest), the mask is block-diagonal once each region's tokens are gathered, so each region runs
+// one dense attention call on its own text and image tokens (the flash kernel on CUDA), and a row holding one
+// padded prompt one dense call on its real tokens; overlapping regions take the mask. Mask: always the one masked
+// call (for comparison: mmdit bench --region-kernel mask, and the tests).
+enum class RegionKernel { Dense, Mask };
+void set_region_kernel(RegionKernel k);
 
 }  // namespace mmdit

@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include "controls/control.h"
+#include "controls/regional.h"
 #include "core/image_io.h"
 #include "core/safetensors.h"
 #include "models/flux_transformer.h"
@@ -104,7 +105,8 @@ TEST(Controls, StgEqualsTheOfficialPipeline) { expect_official_cases("stg"); }
 TEST(Controls, RegionsEqualTheOfficialPipeline) { expect_official_cases("regional"); }
 
 // The same at the transformer: the official FluxTransformer2DModel with its base stream, at the first step of
-// the first case, against mmdit's transformer with the regions control on the rows [cond, base].
+// the first case, against mmdit's transformer with the regions control on the rows [cond, base]; both attention
+// paths (the regions split the image: dense calls per region by default, the official masked call for comparison).
 TEST(Controls, RegionsEqualTheOfficialTransformer) {
   test::GoldenFile g(test::source_dir() / "tests" / "data" / "regional" / "transformer_io.safetensors");
   torch::NoGradGuard ng;
@@ -132,10 +134,19 @@ TEST(Controls, RegionsEqualTheOfficialTransformer) {
   at::Tensor text = at::cat({regional, at::constant_pad_nd(base, {0, 0, 0, regional.size(1) - base.size(1)})});
   auto two = [](const at::Tensor& t) { return at::cat({t, t}); };
   at::Tensor x = two(g["hidden_states"]), pooled = two(g["pooled"]), t = two(g["timestep"]), gd = two(g["guidance"]);
-  at::Tensor y = flux->forward(x, text, pooled, t, g["img_ids"], flux_text_ids(1024, x.options()), gd, &ctx);
-  const double e = test::rel_err(y.narrow(0, 0, 1), g["out"]);
-  std::printf("[controls] regional FLUX transformer rel err %.3g\n", e);
-  EXPECT_LE(e, 1e-4);
+  std::vector<at::Tensor> outs;
+  for (RegionKernel kernel : {RegionKernel::Dense, RegionKernel::Mask}) {
+    set_region_kernel(kernel);
+    outs.push_back(flux->forward(x, text, pooled, t, g["img_ids"], flux_text_ids(1024, x.options()), gd, &ctx));
+    const double e = test::rel_err(outs.back().narrow(0, 0, 1), g["out"]);
+    std::printf("[controls] regional FLUX transformer (%s) rel err %.3g\n", kernel == RegionKernel::Dense ? "dense" : "mask", e);
+    EXPECT_LE(e, 1e-4);
+  }
+  set_region_kernel(RegionKernel::Dense);
+  const double paths = test::rel_err(outs[0], outs[1]);
+  std::printf("[controls] regional dense against mask rel err %.3g\n", paths);
+  EXPECT_LE(paths, 1e-5);  // the same attention, two ways
+  EXPECT_GT(paths, 0.0);   // and two different computations (the dense path ran)
   // The plain transformer on the base prompt is far from it: the test can tell.
   at::Tensor plain = flux->forward(g["hidden_states"], base, g["pooled"], g["timestep"], g["img_ids"],
                                    flux_text_ids(base.size(1), x.options()), g["guidance"]);

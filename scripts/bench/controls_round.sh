@@ -11,7 +11,7 @@
 #      with attention maps (peak memory).
 # Results: $OUT/results.jsonl (one JSON line per case or timing) and $OUT/log.txt.
 #   4. the GPU checks of the LSE-returning kernels (tests/gpu_checks.cpp) and regional prompts' cost (FLUX.1-dev and
-#      SD3.5-large 1024², two regions, every step regional, against plain steps).
+#      SD3.5-large 1024², two regions, every step regional, against plain steps; both attention paths).
 #   5. an edit's cost (mmdit edit: the source pass that derives the mask, then source and target together) against
 #      a plain generation and a plain batch of two.
 #   6. editing a given image (inversion, then the pair) and FreeFlux's edits, against a plain batch of two.
@@ -49,15 +49,18 @@ for w in $WHAT; do case $w in
   gpucheck)
     cmake --build build-gpu -j16 --target mmdit_gpu_checks >> "$OUT/build.txt" 2>&1 && build-gpu/mmdit_gpu_checks | tee -a "$R" ;;
   regions)
-    $M bench --model $L/flux-dev --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
-      --steps 10 --warmup-steps 3 \
-      --variant "--region '0,0,512,1024:a red sports car' --region '512,0,1024,1024:a blue sports car' --region-steps 10" \
-      --variant "--region '0,0,512,512:a red sports car' --region '512,512,1024,1024:a blue sports car' --region-steps 10" \
-      | tee -a "$R"
-    $M bench --model $L/sd3.5-large --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
-      --steps 10 --warmup-steps 3 --cfg 7 \
-      --variant "--region '0,0,512,1024:a red sports car' --region '512,0,1024,1024:a blue sports car' --region-steps 10" \
-      | tee -a "$R" ;;
+    # Both attention paths of the regions (controls/regional.h RegionKernel): dense calls per region, one masked call.
+    for k in dense mask; do
+      $M bench --model $L/flux-dev --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
+        --steps 10 --warmup-steps 3 --region-kernel $k \
+        --variant "--region '0,0,512,1024:a red sports car' --region '512,0,1024,1024:a blue sports car' --region-steps 10" \
+        --variant "--region '0,0,512,512:a red sports car' --region '512,512,1024,1024:a blue sports car' --region-steps 10" \
+        | tee -a "$R"
+      $M bench --model $L/sd3.5-large --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
+        --steps 10 --warmup-steps 3 --cfg 7 --region-kernel $k \
+        --variant "--region '0,0,512,1024:a red sports car' --region '512,0,1024,1024:a blue sports car' --region-steps 10" \
+        | tee -a "$R"
+    done ;;
   edit)
     for m in sd3.5-large flux-dev; do
       $M bench --model $L/$m --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
