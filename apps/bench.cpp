@@ -138,7 +138,7 @@ void run_bench(BenchOptions& o) {
     CLI::App parser("variant");
     add_request_flags(&parser, f, [](const RequestOption& opt) {
       return opt.group == "Guidance" || opt.group == "Controls" || opt.group == "Editing" || opt.key == "batch" ||
-             opt.key == "no_fused" || opt.key == "no_graphs";
+             opt.key == "no_fused" || opt.key == "cuda_graphs";
     });
     try {
       parser.parse(v, false);

@@ -75,8 +75,8 @@ std::vector<RequestOption> make_options() {
   t.str("dtype", "", "f32, f16 or bf16 (default: f32 on cpu, bf16 on cuda)", Type::String, &R::dtype).choices = {
       "f32", "f16", "bf16", "fp32", "fp16", "float32", "float16", "bfloat16"};
   t.flag("no_fused", "CUDA: run the plain ATen path instead of the fused kernels (for comparison)", &R::no_fused);
-  t.flag("no_graphs", "CUDA: launch each step's kernels one by one instead of replaying a CUDA graph (for comparison)",
-         &R::no_graphs);
+  t.flag("cuda_graphs", "CUDA: replay each plain step as a CUDA graph (fewer kernel launches: for small models and "
+         "sizes; no gain at 1024² on SD3.5-large or FLUX, docs/BENCHMARKS.md)", &R::cuda_graphs);
 
   t.group = "Image";
   t.str("prompt", "p", "What to draw", Type::String, &R::prompt).required = true;

@@ -285,7 +285,7 @@ class FluxPipelineImpl : public Pipeline {
       const bool prepass = prepass_steps > 0;
       at::Tensor distilled;
       if (tc.guidance_embeds) distilled = at::full({rows}, r.guidance, at::TensorOptions().dtype(at::kFloat).device(device_));
-      StepGraph graph(!r.no_graphs && device_.is_cuda());  // CUDA: the steps no control takes part in, replayed (models/step_graph.h)
+      StepGraph graph(r.cuda_graphs && device_.is_cuda());  // --cuda-graphs: plain steps replayed (models/step_graph.h)
       for (int i = 0; i < (prepass ? prepass_steps : sched.num_steps()); ++i) {
         latents = on_path(path, latents, i);  // the source row follows a given image's path
         at::Tensor v;

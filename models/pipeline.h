@@ -18,7 +18,7 @@ struct GenerateRequest {
   std::string device = "cpu";
   std::string dtype;  // empty: f32 on cpu, bf16 on cuda
   bool no_fused = false;  // the plain path instead of the fused kernels (models/fused_ops.h)
-  bool no_graphs = false;  // each step's kernels launched one by one, no CUDA graph replay (models/step_graph.h)
+  bool cuda_graphs = false;  // plain steps replayed as CUDA graphs (models/step_graph.h)
   // One generation over several devices (core/parallel.h, docs/SCALING.md): the same image as one device.
   int gpus = 0;                    // cuda:0..gpus-1; 0 or 1: one device
   std::string devices;             // or these, e.g. "cuda:0,cuda:2"

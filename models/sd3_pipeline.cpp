@@ -342,7 +342,7 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
   // One denoising run of `rows` images per branch; pairs: the rows are an edit's [source, target].
   auto denoise = [&](at::Tensor latents, const at::Tensor& e, const at::Tensor& p, const at::Tensor& ne,
                      const at::Tensor& np, int64_t rows, bool pairs, bool report) {
-    StepGraph graph(!r.no_graphs && device_.is_cuda());  // CUDA: the steps no control takes part in, replayed (models/step_graph.h)
+    StepGraph graph(r.cuda_graphs && device_.is_cuda());  // --cuda-graphs: plain steps replayed (models/step_graph.h)
     for (int i = 0; i < r.steps; ++i) {
       latents = on_path(path, latents, i);  // the source row follows a given image's path
       at::Tensor v;

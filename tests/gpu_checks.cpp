@@ -6,7 +6,8 @@
 // modulation (with the residual, the affine LayerNorm, CogVideoX's two modulation sets) and the Q/K/V
 // preparation (each QK norm, RoPE on all or part of the tokens, the joint buffers' offsets). Then the step graph
 // (models/step_graph.h): replayed calls give the eager call's numbers bit for bit, a new shape is warmed up and
-// captured again, a step with a control runs eagerly. Prints one line per case.
+// captured again, a step with a control runs eagerly; and so do small random SD3 (with SD3.5-medium's QK norm and
+// dual attention) and FLUX transformers on the fast path. Prints one line per case.
 #include <cmath>
 #include <cstdio>
 
@@ -15,7 +16,9 @@
 
 #include "controls/control.h"
 #include "core/attention.h"
+#include "models/flux_transformer.h"
 #include "models/fused_ops.h"
+#include "models/sd3_transformer.h"
 #include "models/step_graph.h"
 
 namespace {
@@ -166,6 +169,69 @@ int check_step_graph(at::Generator& gen) {
   return failures + !counts;
 }
 
+// Four steps of a transformer through a step graph, each against the eager forward on the same inputs.
+int check_model_graph(const char* name, const std::function<std::vector<at::Tensor>()>& inputs,
+                      const mmdit::StepGraph::Call& call) {
+  mmdit::StepGraph graph(true);
+  bool same = true;
+  double worst = 0;
+  for (int i = 0; i < 4; ++i) {
+    const auto in = inputs();
+    at::Tensor got = graph(in, nullptr, call), ref = call(in);
+    same = same && at::isfinite(ref).all().item<bool>() && at::equal(got, ref);  // (NaN != NaN)
+    worst = std::max(worst, (got.to(at::kFloat) - ref.to(at::kFloat)).abs().max().item<double>());
+  }
+  const bool ok = same && graph.eager == 1 && graph.captured == 1 && graph.replayed == 2;
+  std::printf("{\"check\": \"step graph %s\", \"same_as_eager\": %s, \"max_abs_diff\": %.3g, \"eager\": %d, "
+              "\"captured\": %d, \"replayed\": %d, \"ok\": %s}\n",
+              name, same ? "true" : "false", worst, graph.eager, graph.captured, graph.replayed, ok ? "true" : "false");
+  return !ok;
+}
+
+// Parameters and buffers (SD3's position table) random: the models are built without weights.
+template <class Model>
+void randomize(Model& m) {
+  for (auto& p : m.parameters()) p.normal_(0.0, 0.05, std::nullopt);
+  for (auto& b : m.buffers())
+    if (b.is_floating_point()) b.normal_(0.0, 0.5, std::nullopt);
+}
+
+int check_model_graphs(at::Generator& gen) {
+  torch::NoGradGuard no_grad;
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  auto rand = [&](at::IntArrayRef shape) { return at::randn(shape, gen).to(opts); };
+  int failures = 0;
+  {
+    mmdit::SD3TransformerConfig c;
+    c.num_layers = 2, c.num_attention_heads = 2, c.attention_head_dim = 64, c.joint_attention_dim = 96;
+    c.caption_projection_dim = 128, c.pooled_projection_dim = 48, c.sample_size = 32, c.pos_embed_max_size = 32;
+    c.qk_norm = "rms_norm", c.dual_attention_layers = {0};
+    auto m = std::make_shared<mmdit::SD3Transformer>(c);
+    m->to(at::kCUDA, at::kBFloat16);
+    randomize(*m);
+    failures += check_model_graph(
+        "sd3", [&] { return std::vector<at::Tensor>{rand({2, 16, 32, 32}), rand({2, 40, 96}), rand({2, 48}),
+                                                    (at::rand({2}, gen) * 1000).to(opts)}; },
+        [&](const std::vector<at::Tensor>& in) { return m->forward(in[0], in[1], in[2], in[3]); });
+  }
+  {
+    mmdit::FluxTransformerConfig c;
+    c.num_layers = 2, c.num_single_layers = 2, c.attention_head_dim = 64, c.num_attention_heads = 2;
+    c.joint_attention_dim = 96, c.pooled_projection_dim = 48, c.guidance_embeds = true, c.axes_dims_rope = {8, 28, 28};
+    auto m = std::make_shared<mmdit::FluxTransformer>(c);
+    m->to(at::kCUDA, at::kBFloat16);
+    randomize(*m);
+    const at::Tensor img_ids = mmdit::flux_image_ids(16, 16, opts), txt_ids = mmdit::flux_text_ids(40, opts);
+    failures += check_model_graph(
+        "flux", [&] { return std::vector<at::Tensor>{rand({1, 256, 64}), rand({1, 40, 96}), rand({1, 48}),
+                                                     at::rand({1}, gen).to(opts), at::full({1}, 3.5, opts)}; },
+        [&](const std::vector<at::Tensor>& in) {
+          return m->forward(in[0], in[1], in[2], in[3], img_ids, txt_ids, in[4]);
+        });
+  }
+  return failures;
+}
+
 }  // namespace
 
 int main() {
@@ -206,5 +272,6 @@ int main() {
   failures += check_residual(g);
   failures += check_qkv_prepare(g);
   failures += check_step_graph(g);
+  failures += check_model_graphs(g);
   return failures ? 1 : 0;
 }

@@ -66,7 +66,7 @@ def main():
     ap.add_argument("--unfused", action="store_true",
                     help="also run --no-fused: the fused kernels' image against the plain path's (PSNR)")
     ap.add_argument("--multi", action="append", default=[],
-                    help="also run with these flags (e.g. '--gpus 2', '--no-graphs'): against the default run's image")
+                    help="also run with these flags (e.g. '--gpus 2', '--cuda-graphs'): against the default run's image")
     a = ap.parse_args()
     g = pathlib.Path(a.golden)
     for c in json.load(open(g / "cases.json")):

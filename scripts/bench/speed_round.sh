@@ -3,13 +3,13 @@
 # .carry/layouts, the tiny goldens under .carry/goldens and .whl; make them with scripts/bench/prepare_carry.sh):
 #   build     mmdit and mmdit_gpu_checks against the box's torch, with the fused CUDA kernels;
 #   gpucheck  the kernels against their ATen references (and the LSE kernels);
-#   parity    every tiny golden case on CUDA in f32 and bf16: fused (with CUDA graphs) against diffusers' f32 CPU
-#             images and against --no-graphs (the same image), with UNFUSED=1 also against --no-fused (PSNR:
+#   parity    every tiny golden case on CUDA in f32 and bf16: fused against diffusers' f32 CPU
+#             images and against --cuda-graphs (the same image), with UNFUSED=1 also against --no-fused (PSNR:
 #             lossless means >= 45 dB in bf16);
 #   sd35l sd35m flux cogvideox
-#             per-step times, bf16, random weights, same call: mmdit fused (CUDA graphs), mmdit --no-graphs,
+#             per-step times, bf16, random weights, same call: mmdit fused, mmdit fused with --cuda-graphs,
 #             mmdit --no-fused (same loaded pipeline), diffusers eager; with PROFILE=1 also each mmdit variant's
-#             GEMM / attention / other split (trace-0: fused, trace-1: --no-graphs, trace-2: --no-fused).
+#             GEMM / attention / other split (trace-0: fused, trace-1: --cuda-graphs, trace-2: --no-fused).
 # Results: $OUT/results.jsonl, $OUT/log.txt.   scripts/bench/speed_round.sh build gpucheck parity sd35l ...
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -27,7 +27,7 @@ pair() {  # family layout args...: mmdit (fused, then --no-fused) and diffusers 
   local prof=()
   [ -n "${PROFILE:-}" ] && mkdir -p "$OUT/prof-$w" && prof=(--profile "$OUT/prof-$w")
   $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 --steps $STEPS --warmup-steps 2 "$@" \
-    "${prof[@]}" --variant '--no-graphs' --variant '--no-fused' | tee -a "$R"
+    "${prof[@]}" --variant '--cuda-graphs' --variant '--no-fused' | tee -a "$R"
   if [ -n "${PROFILE:-}" ]; then
     for t in "$OUT/prof-$w"/trace-*.json; do
       python3 scripts/bench/profile_summary.py "$t" --steps $((STEPS - 1)) --label "$w $(basename $t)" | tee -a "$R"
@@ -47,7 +47,7 @@ for w in "$@"; do case $w in
   gpucheck) build-gpu/mmdit_gpu_checks | tee -a "$R" | grep -v '"ok": true' ; echo "gpu checks exit ${PIPESTATUS[0]}" ;;
   parity)
     for g in sd3_pipeline flux cogvideox; do
-      [ -d $G/$g ] && python3 scripts/bench/device_parity.py $M $G/$g ${UNFUSED:+--unfused} --multi=--no-graphs | tee -a "$R"
+      [ -d $G/$g ] && python3 scripts/bench/device_parity.py $M $G/$g ${UNFUSED:+--unfused} --multi=--cuda-graphs | tee -a "$R"
     done ;;
   controls)
     for m in sd3_pipeline/tiny-sd3 flux/tiny-flux-dev; do
