@@ -11,13 +11,13 @@
 #include <cuda_runtime_api.h>
 
 #include "controls/control.h"
-#include "core/log.h"
+#include "core/errors.h"
 #include "core/parallel.h"
 
 namespace mmdit {
 
 struct StepGraph::State {
-  bool on = false, failed = false;
+  bool on = false;
   std::string key;                  // the input shapes of the warm-up and of the graph
   std::optional<c10::cuda::CUDAStream> stream;
   std::unique_ptr<at::cuda::CUDAGraph> graph;
@@ -48,6 +48,8 @@ bool graphable(const std::vector<at::Tensor>& inputs, const ControlContext* ctx)
   return false;
 }
 
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
 // Runs fn on `stream`, ordered after the work already queued on the caller's stream and before what follows.
 at::Tensor on_stream(const c10::cuda::CUDAStream& stream, const std::function<at::Tensor()>& fn) {
   c10::cuda::device_synchronize();
@@ -68,7 +70,7 @@ StepGraph::~StepGraph() = default;
 
 at::Tensor StepGraph::operator()(const std::vector<at::Tensor>& inputs, const ControlContext* ctx, const Call& call) {
   State& s = *s_;
-  if (!s.on || s.failed || !graphable(inputs, ctx)) {
+  if (!s.on || !graphable(inputs, ctx)) {
     ++eager;
     return call(inputs);
   }
@@ -103,19 +105,18 @@ at::Tensor StepGraph::operator()(const std::vector<at::Tensor>& inputs, const Co
       return out;
     });
   } catch (const std::exception& e) {
-    // Something in the call cannot be captured (a host copy, a sync): end the capture and stay eager.
-    try {
-      c10::cuda::CUDAStreamGuard guard(*s.stream);
-      graph->capture_end();
-    } catch (const std::exception&) {
+    // Something in the call cannot be captured (a host copy, a sync): a bug of the model's forward. PyTorch's
+    // generators stay in capture mode after a failed capture, so nothing safe can follow: the graph is left
+    // alive (its destructor would throw) and the run stops.
+    (void)graph.release();
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(s.stream->stream(), &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
+      cudaGraph_t partial = nullptr;
+      if (cudaStreamEndCapture(s.stream->stream(), &partial) == cudaSuccess && partial) cudaGraphDestroy(partial);
     }
     (void)cudaGetLastError();
-    s.failed = true;
-    s.inputs.clear();
-    s.output = at::Tensor();
-    log_warn(std::string("CUDA graph: this step cannot be captured, running it eagerly: ") + e.what());
-    ++eager;
-    return call(inputs);
+    throw RuntimeFailure(std::string("--cuda-graphs: this step cannot be captured as a CUDA graph (run without "
+                                     "--cuda-graphs): ") + first_line(e.what()));
   }
   s.graph = std::move(graph);
   s.graph->replay();

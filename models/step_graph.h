@@ -28,7 +28,8 @@ class StepGraph {
   StepGraph& operator=(const StepGraph&) = delete;
 
   // call(inputs): the transformer on these inputs (every tensor that changes from step to step must be one of
-  // them: the graph keeps the addresses of everything else). ctx: the step's controls (null: none).
+  // them: the graph keeps the addresses of everything else). ctx: the step's controls (null: none). A call that
+  // cannot be captured (it syncs with the host) throws RuntimeFailure; the process should end then.
   at::Tensor operator()(const std::vector<at::Tensor>& inputs, const ControlContext* ctx, const Call& call);
 
   // How the calls ran (for tests and logs): eager, captured, replayed.

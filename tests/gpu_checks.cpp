@@ -7,7 +7,8 @@
 // preparation (each QK norm, RoPE on all or part of the tokens, the joint buffers' offsets). Then the step graph
 // (models/step_graph.h): replayed calls give the eager call's numbers bit for bit, a new shape is warmed up and
 // captured again, a step with a control runs eagerly; and so do small random SD3 (with SD3.5-medium's QK norm and
-// dual attention) and FLUX transformers on the fast path. Prints one line per case.
+// dual attention) and FLUX transformers on the fast path; a call that cannot be captured stops with a message
+// naming --cuda-graphs. Prints one line per case.
 #include <cmath>
 #include <cstdio>
 
@@ -15,6 +16,7 @@
 #include <torch/torch.h>
 
 #include "controls/control.h"
+#include "core/errors.h"
 #include "core/attention.h"
 #include "models/flux_transformer.h"
 #include "models/fused_ops.h"
@@ -232,6 +234,26 @@ int check_model_graphs(at::Generator& gen) {
   return failures;
 }
 
+// A call that syncs with the host cannot be captured: the warm-up runs, the capture throws RuntimeFailure naming
+// --cuda-graphs. PyTorch's generators stay in capture mode after that, so this check runs last.
+int check_capture_failure(at::Generator& gen) {
+  auto opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  auto call = [](const std::vector<at::Tensor>& in) { return in[0] * in[0].sum().item<float>(); };
+  mmdit::StepGraph graph(true);
+  std::vector<at::Tensor> in = {at::randn({2, 64}, gen).to(opts)};
+  const bool warm = at::equal(graph(in, nullptr, call), call(in));
+  std::string what;
+  try {
+    graph(in, nullptr, call);
+  } catch (const mmdit::RuntimeFailure& e) {
+    what = e.what();
+  }
+  const bool ok = warm && what.find("--cuda-graphs") != std::string::npos;
+  std::printf("{\"check\": \"step graph capture failure\", \"warm_up_same\": %s, \"message\": \"%s\", \"ok\": %s}\n",
+              warm ? "true" : "false", what.substr(0, 100).c_str(), ok ? "true" : "false");
+  return !ok;
+}
+
 }  // namespace
 
 int main() {
@@ -273,5 +295,6 @@ int main() {
   failures += check_qkv_prepare(g);
   failures += check_step_graph(g);
   failures += check_model_graphs(g);
+  failures += check_capture_failure(g);  // last: it leaves PyTorch's generators in capture mode
   return failures ? 1 : 0;
 }

@@ -72,11 +72,14 @@ for w in $WHAT; do case $w in
     # Editing a given image (--image, scaled to 1024² with --resize): the inversion, then source and target
     # together, against a plain batch of two at CFG 1 (the default of image edits); FreeFlux's edits on FLUX.
     IMG=tests/data/consistedit/consistedit_colour-source.png
+    # The same edit without edit words (the source prompt is the bench's prompt): no mask to derive, the rest the
+    # same, so the difference is the mask's cost.
     SRC="--source-prompt 'a photo of a cat riding a horse on mars' --edit-words cat --image $IMG --resize"
+    NOMASK="--source-prompt 'a photo of an astronaut riding a horse on mars' --image $IMG --resize"
     $M bench --model $L/sd3.5-large --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
-      --steps 10 --warmup-steps 3 --cfg 1 --variant '--batch 2' --variant "$SRC" | tee -a "$R"
+      --steps 10 --warmup-steps 3 --cfg 1 --variant '--batch 2' --variant "$SRC" --variant "$NOMASK" | tee -a "$R"
     $M bench --model $L/flux-dev --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
-      --steps 10 --warmup-steps 3 --variant '--batch 2' --variant "$SRC" \
+      --steps 10 --warmup-steps 3 --variant '--batch 2' --variant "$SRC" --variant "$NOMASK" \
       --variant "--source-prompt 'a photo of a cat riding a horse on mars' --edit-method freeflux-nonrigid" \
       --variant "--source-prompt 'a photo of a horse on mars' --edit-method freeflux-add --edit-words astronaut" \
       | tee -a "$R" ;;
