@@ -62,6 +62,10 @@ struct BlockPlan {
   bool skip = false;                                // every row: the block is left out
   std::vector<std::pair<int64_t, int64_t>> keep_input;  // these rows leave the block with their input (skipped)
   double text_scale = 1.0;                          // the text stream entering the block is multiplied by this
+  // The last rows of the batch hold the image stream of these rows, at the block's entry and exit (regional
+  // prompts' base rows in the double-stream blocks, where they take the blend): the fast path computes their
+  // image side once. The plain path ignores it (it computes every row, with the same result).
+  std::vector<int64_t> image_copies;
 };
 
 // Asks every control of the pass; an empty plan without controls.

@@ -53,6 +53,15 @@ class Regional : public Control {
     return desc.sub == 0 && desc.text.size() > 0 && ctx.find(Branch::Base);
   }
 
+  // Where the base rows take the blend (after()), their image stream is the cond rows' at every block's entry and
+  // exit: the fast path computes it once. The base rows close the batch, each the copy of the cond row at its place.
+  void plan_block(const ControlContext& ctx, int layer, BlockPlan& plan) const override {
+    const BranchRows *cond = ctx.find(Branch::Cond), *base = ctx.find(Branch::Base);
+    if ((flux_ && layer >= double_layers_) || !cond || !base || base->end != ctx.batch() || base->size() != cond->size())
+      return;
+    for (int64_t i = 0; i < base->size(); ++i) plan.image_copies.push_back(cond->begin + i);
+  }
+
   void before(AttentionCall& call) override {
     check_layout(call);
     if (split_ && region_kernel == RegionKernel::Dense) call.out = dense_attention(call);

@@ -102,25 +102,31 @@ struct FluxAttention : torch::nn::Module {
   // The fast path (models/fused_ops.h): one QKV GEMM per stream; QK norm and RoPE written straight into the
   // joint [text, image] buffers. Double blocks: {image output, text output}; single blocks: {attention
   // output [B, N, inner] before any projection, {}}.
+  // x may lack the last rows of ctx: rows that repeat the image rows `copies` (BlockPlan::image_copies); the image
+  // output then has x's rows.
   std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, const at::Tensor& cos,
-                                                  const at::Tensor& sin, AttentionDesc desc) {
+                                                  const at::Tensor& sin, AttentionDesc desc,
+                                                  const std::vector<int64_t>& copies = {}) {
     if (!qkv_w.defined()) {
       std::tie(qkv_w, qkv_b) = fused::fuse_linears(to_q, to_k, to_v);
       if (!add_q_proj.is_empty()) {
         std::tie(add_qkv_w, add_qkv_b) = fused::fuse_linears(add_q_proj, add_k_proj, add_v_proj);
       }
     }
-    const int64_t batch = x.size(0), n_txt = ctx.defined() ? ctx.size(1) : 0, n = x.size(1) + n_txt;
+    const int64_t own = x.size(0), batch = own + int64_t(copies.size());
+    const int64_t n_txt = ctx.defined() ? ctx.size(1) : 0, n = x.size(1) + n_txt;
     fused::Qkv buf = fused::qkv_buffers(batch, n, heads, head_dim, x.options());
     if (ctx.defined())
       fused::qkv_prepare(at::linear(ctx, add_qkv_w, nn::opt(add_qkv_b)), norm_spec(norm_added_q, norm_added_k), cos, sin,
                          0, buf, 0);
-    fused::qkv_prepare(at::linear(x, qkv_w, nn::opt(qkv_b)), norm_spec(norm_q, norm_k), cos, sin, 0, buf, n_txt);
+    fused::Qkv head = fused::rows(buf, 0, own);
+    fused::qkv_prepare(at::linear(x, qkv_w, nn::opt(qkv_b)), norm_spec(norm_q, norm_k), cos, sin, 0, head, n_txt);
+    fused::copy_image_rows(buf, n_txt, n, copies);
     desc.heads = heads;
     at::Tensor o = attention(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc);
     o = o.transpose(1, 2).reshape({batch, n, heads * head_dim});
     if (!ctx.defined()) return {o, at::Tensor()};
-    return {to_out(o.narrow(1, n_txt, n - n_txt)), to_add_out(o.narrow(1, 0, n_txt))};
+    return {to_out(o.narrow(0, 0, own).narrow(1, n_txt, n - n_txt)), to_add_out(o.narrow(1, 0, n_txt))};
   }
 
   static fused::QkNormSpec norm_spec(const std::shared_ptr<TorchRMSNorm>& nq, const std::shared_ptr<TorchRMSNorm>& nk) {
@@ -205,18 +211,22 @@ struct FluxDoubleBlock : torch::nn::Module {
   }
 
   // The same block on the fast path (models/fused_ops.h).
-  std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, const at::Tensor& temb,
-                                                  const at::Tensor& cos, const at::Tensor& sin, const AttentionDesc& desc) {
-    auto m = norm1->forward(temb);
+  // copies: BlockPlan::image_copies (the image side of those last rows is computed once, from the rows they copy).
+  std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x_all, const at::Tensor& ctx, const at::Tensor& temb,
+                                                  const at::Tensor& cos, const at::Tensor& sin, const AttentionDesc& desc,
+                                                  const std::vector<int64_t>& copies) {
+    const int64_t own = x_all.size(0) - int64_t(copies.size());
+    const at::Tensor x = x_all.narrow(0, 0, own);
+    auto m = norm1->forward(temb.narrow(0, 0, own));
     auto c = norm1_context->forward(temb);
     const double eps = 1e-6;
     at::Tensor norm_x = fused::ln_modulate(x, {}, {m[0], m[1]}, eps).second;
     at::Tensor norm_ctx = fused::ln_modulate(ctx, {}, {c[0], c[1]}, eps).second;
-    auto [attn_out, ctx_attn_out] = attn->forward_fused(norm_x, norm_ctx, cos, sin, desc);
+    auto [attn_out, ctx_attn_out] = attn->forward_fused(norm_x, norm_ctx, cos, sin, desc, copies);
     auto [x1, norm_ff] = fused::ln_modulate(x, attn_out, {m[3], m[4], m[2]}, eps);
     auto [ctx1, norm_cff] = fused::ln_modulate(ctx, ctx_attn_out, {c[3], c[4], c[2]}, eps);
     return {clip_fp16(fused::residual(ctx1, c[5], ff_fused(*ff_context, norm_cff))),
-            fused::residual(x1, m[5], ff_fused(*ff, norm_ff))};
+            fused::with_copies(fused::residual(x1, m[5], ff_fused(*ff, norm_ff)), copies)};
   }
 
   std::shared_ptr<AdaNormZero> norm1, norm1_context;
@@ -380,7 +390,7 @@ at::Tensor FluxTransformer::forward(const at::Tensor& hidden_states, const at::T
     if (plan.skip) continue;
     if (plan.text_scale != 1.0) ctx = ctx * plan.text_scale;
     desc.layer = int(i);
-    auto [ctx_out, x_out] = fast ? blocks_[i]->forward_fused(x, ctx, temb, cos, sin, desc)
+    auto [ctx_out, x_out] = fast ? blocks_[i]->forward_fused(x, ctx, temb, cos, sin, desc, plan.image_copies)
                                  : blocks_[i]->forward(x, ctx, temb, cos, sin, desc);
     x = keep_input_rows(x_out, x, plan);
     ctx = keep_input_rows(ctx_out, ctx, plan);

@@ -167,6 +167,23 @@ Qkv qkv_buffers(int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim, 
           at::empty({batch, tokens, heads, head_dim}, options)};
 }
 
+Qkv rows(const Qkv& buf, int64_t b, int64_t e) {
+  return {buf.q.narrow(0, b, e - b), buf.k.narrow(0, b, e - b), buf.v.narrow(0, b, e - b)};
+}
+
+void copy_image_rows(Qkv& buf, int64_t begin, int64_t end, const std::vector<int64_t>& copies) {
+  if (copies.empty()) return;
+  const int64_t n = int64_t(copies.size()), first = buf.q.size(0) - n;
+  const at::Tensor from = at::tensor(copies, at::kLong).to(buf.q.device());
+  for (at::Tensor* t : {&buf.q, &buf.k, &buf.v})
+    t->narrow(0, first, n).narrow(1, begin, end - begin).copy_(t->index_select(0, from).narrow(1, begin, end - begin));
+}
+
+at::Tensor with_copies(const at::Tensor& x, const std::vector<int64_t>& copies) {
+  if (copies.empty()) return x;
+  return at::cat({x, x.index_select(0, at::tensor(copies, at::kLong).to(x.device()))});
+}
+
 void qkv_prepare(const at::Tensor& src, const QkNormSpec& s, const at::Tensor& cos, const at::Tensor& sin,
                  int64_t rope_first, Qkv& dst, int64_t offset) {
 #if MMDIT_HAVE_FUSED_KERNELS

@@ -72,6 +72,13 @@ struct QkNormSpec {
 void qkv_prepare(const at::Tensor& src, const QkNormSpec& norm, const at::Tensor& cos, const at::Tensor& sin,
                  int64_t rope_first, Qkv& dst, int64_t offset);
 
+// Rows [b, e) of the buffers (views).
+Qkv rows(const Qkv& buf, int64_t b, int64_t e);
+// Rows that repeat other rows' image stream (BlockPlan::image_copies): the last copies.size() rows of the buffers
+// take tokens [begin, end) of rows `copies`; with_copies(x) appends rows `copies` of x [U, N, C] to it.
+void copy_image_rows(Qkv& buf, int64_t begin, int64_t end, const std::vector<int64_t>& copies);
+at::Tensor with_copies(const at::Tensor& x, const std::vector<int64_t>& copies);
+
 // gelu_tanh(x W^T + b): the GELU in the GEMM's epilogue on CUDA (cuBLASLt's is the tanh form).
 at::Tensor linear_gelu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 // [a | c] W^T + bias without building [a | c]: two GEMMs accumulating into one output.

@@ -86,17 +86,22 @@ struct SD3Attention : torch::nn::Module {
   }
 
   // The fast path (models/fused_ops.h): one QKV GEMM per stream, QK norm written straight into the joint
-  // [image, text] buffers, the same attention call.
-  std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, AttentionDesc desc) {
+  // [image, text] buffers, the same attention call. x may lack the last rows of ctx: rows that repeat the image
+  // rows `copies` (BlockPlan::image_copies); the image output then has x's rows.
+  std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, AttentionDesc desc,
+                                                  const std::vector<int64_t>& copies = {}) {
     if (!qkv_w.defined()) {
       std::tie(qkv_w, qkv_b) = fused::fuse_linears(to_q, to_k, to_v);
       if (!add_q_proj.is_empty()) {
         std::tie(add_qkv_w, add_qkv_b) = fused::fuse_linears(add_q_proj, add_k_proj, add_v_proj);
       }
     }
-    const int64_t batch = x.size(0), n_img = x.size(1), n_txt = ctx.defined() ? ctx.size(1) : 0;
+    const int64_t own = x.size(0), batch = own + int64_t(copies.size()), n_img = x.size(1);
+    const int64_t n_txt = ctx.defined() ? ctx.size(1) : 0;
     fused::Qkv buf = fused::qkv_buffers(batch, n_img + n_txt, heads, head_dim, x.options());
-    fused::qkv_prepare(at::linear(x, qkv_w, nn::opt(qkv_b)), norm_spec(norm_q, norm_k), {}, {}, 0, buf, 0);
+    fused::Qkv head = fused::rows(buf, 0, own);
+    fused::qkv_prepare(at::linear(x, qkv_w, nn::opt(qkv_b)), norm_spec(norm_q, norm_k), {}, {}, 0, head, 0);
+    fused::copy_image_rows(buf, 0, n_img, copies);
     if (ctx.defined())
       fused::qkv_prepare(at::linear(ctx, add_qkv_w, nn::opt(add_qkv_b)), norm_spec(norm_added_q, norm_added_k), {}, {},
                          0, buf, n_img);
@@ -107,7 +112,7 @@ struct SD3Attention : torch::nn::Module {
     o = o.transpose(1, 2).reshape({batch, -1, heads * head_dim});
     at::Tensor txt;
     if (ctx.defined() && !to_add_out.is_empty()) txt = to_add_out(o.narrow(1, n_img, n_txt));
-    return {to_out(o.narrow(1, 0, n_img)), txt};
+    return {to_out(o.narrow(0, 0, own).narrow(1, 0, n_img)), txt};
   }
 
   static fused::QkNormSpec norm_spec(const nn::RMSNorm& nq, const nn::RMSNorm& nk) {
@@ -234,9 +239,12 @@ struct SD3JointBlock : torch::nn::Module {
 
   // The same block on the fast path (models/fused_ops.h): norm + modulation in one pass, the residual
   // fused into the next norm, GELU in the GEMM.
-  std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, const at::Tensor& temb,
-                                                  const AttentionDesc& desc) {
-    auto m = norm1->forward(temb);  // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp[, shift2, scale2, gate2]
+  // copies: BlockPlan::image_copies (the image side of those last rows is computed once, from the rows they copy).
+  std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x_all, const at::Tensor& ctx, const at::Tensor& temb,
+                                                  const AttentionDesc& desc, const std::vector<int64_t>& copies) {
+    const int64_t own = x_all.size(0) - int64_t(copies.size());
+    const at::Tensor x = x_all.narrow(0, 0, own);
+    auto m = norm1->forward(temb.narrow(0, 0, own));  // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp[, shift2, scale2, gate2]
     const double eps = 1e-6;
     at::Tensor norm_x = fused::ln_modulate(x, {}, {m[0], m[1]}, eps).second;
     std::vector<at::Tensor> c;
@@ -247,7 +255,7 @@ struct SD3JointBlock : torch::nn::Module {
       c = norm1_context->forward(temb);
       norm_ctx = fused::ln_modulate(ctx, {}, {c[0], c[1]}, eps).second;
     }
-    auto [attn_out, ctx_attn_out] = attn->forward_fused(norm_x, norm_ctx, desc);
+    auto [attn_out, ctx_attn_out] = attn->forward_fused(norm_x, norm_ctx, desc, copies);
     at::Tensor x1, norm_ff;
     if (dual) {
       at::Tensor norm_x2 = fused::ln_modulate(x, {}, {m[6], m[7]}, eps).second;
@@ -259,7 +267,7 @@ struct SD3JointBlock : torch::nn::Module {
     } else {
       std::tie(x1, norm_ff) = fused::ln_modulate(x, attn_out, {m[3], m[4], m[2]}, eps);
     }
-    at::Tensor x_out = fused::residual(x1, m[5], ff_fused(*ff, norm_ff));
+    at::Tensor x_out = fused::with_copies(fused::residual(x1, m[5], ff_fused(*ff, norm_ff)), copies);
     if (context_pre_only) return {at::Tensor(), x_out};
     auto [ctx1, norm_cff] = fused::ln_modulate(ctx, ctx_attn_out, {c[3], c[4], c[2]}, eps);
     return {fused::residual(ctx1, c[5], ff_fused(*ff_context, norm_cff)), x_out};
@@ -352,7 +360,7 @@ at::Tensor SD3Transformer::forward(const at::Tensor& hidden_states, const at::Te
     if (plan.skip) continue;
     if (plan.text_scale != 1.0) ctx = ctx * plan.text_scale;
     desc.layer = int(i);
-    auto [ctx_out, x_out] = fast ? blocks_[i]->forward_fused(x, ctx, temb, desc) : blocks_[i]->forward(x, ctx, temb, desc);
+    auto [ctx_out, x_out] = fast ? blocks_[i]->forward_fused(x, ctx, temb, desc, plan.image_copies) : blocks_[i]->forward(x, ctx, temb, desc);
     x = keep_input_rows(x_out, x, plan);
     ctx = keep_input_rows(ctx_out, ctx, plan);
   }

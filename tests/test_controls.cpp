@@ -16,6 +16,7 @@
 #include "core/image_io.h"
 #include "core/safetensors.h"
 #include "models/flux_transformer.h"
+#include "models/fused_ops.h"
 #include "models/sd3_transformer.h"
 #include "samplers/guidance.h"
 #include "tests/test_controls_util.h"
@@ -143,6 +144,17 @@ TEST(Controls, RegionsEqualTheOfficialTransformer) {
     EXPECT_LE(e, 1e-4);
   }
   set_region_kernel(RegionKernel::Dense);
+  // The fast path's structure (fused::Mode::Reference) computes the base row's image stream once in the double
+  // blocks, where it is the cond row's (BlockPlan::image_copies), and both streams in the single blocks.
+  EXPECT_EQ(block_plan(&ctx, 0).image_copies, std::vector<int64_t>{0});
+  EXPECT_TRUE(block_plan(&ctx, int(c.num_layers)).image_copies.empty());
+  {
+    fused::ModeGuard fast(fused::Mode::Reference);
+    at::Tensor y = flux->forward(x, text, pooled, t, g["img_ids"], flux_text_ids(1024, x.options()), gd, &ctx);
+    const double e = test::rel_err(y, outs[0]);
+    std::printf("[controls] regional FLUX transformer, fast path against plain rel err %.3g\n", e);
+    EXPECT_LE(e, 1e-5);
+  }
   const double paths = test::rel_err(outs[0], outs[1]);
   std::printf("[controls] regional dense against mask rel err %.3g\n", paths);
   EXPECT_LE(paths, 1e-5);  // the same attention, two ways
@@ -184,6 +196,16 @@ TEST(Controls, RegionalPaddingIsMaskedOut) {
   const double e = test::rel_err(y.narrow(0, 0, 1), plain);
   std::printf("[controls] padded uncond row rel err %.3g\n", e);
   EXPECT_LE(e, 1e-5);
+  // The fast path's structure computes the base row's image stream once (BlockPlan::image_copies): the same rows.
+  EXPECT_EQ(block_plan(&ctx, 1).image_copies, std::vector<int64_t>{1});
+  {
+    fused::ModeGuard fast(fused::Mode::Reference);
+    at::Tensor y_fast = sd3->forward(at::cat({x, x, x}), at::cat({pad(neg), regional, pad(neg)}),
+                                     at::cat({pooled, pooled, pooled}), at::cat({t, t, t}), &ctx);
+    const double f = test::rel_err(y_fast, y);
+    std::printf("[controls] regional SD3, fast path against plain rel err %.3g\n", f);
+    EXPECT_LE(f, 1e-5);
+  }
   EXPECT_GT(test::rel_err(y.narrow(0, 1, 1), plain), 1e-2);  // the regional row is another prediction
 }
 
