@@ -171,17 +171,20 @@ Qkv rows(const Qkv& buf, int64_t b, int64_t e) {
   return {buf.q.narrow(0, b, e - b), buf.k.narrow(0, b, e - b), buf.v.narrow(0, b, e - b)};
 }
 
+// Row by row with narrow: an index tensor would be a host-to-device copy in every block.
 void copy_image_rows(Qkv& buf, int64_t begin, int64_t end, const std::vector<int64_t>& copies) {
-  if (copies.empty()) return;
-  const int64_t n = int64_t(copies.size()), first = buf.q.size(0) - n;
-  const at::Tensor from = at::tensor(copies, at::kLong).to(buf.q.device());
-  for (at::Tensor* t : {&buf.q, &buf.k, &buf.v})
-    t->narrow(0, first, n).narrow(1, begin, end - begin).copy_(t->index_select(0, from).narrow(1, begin, end - begin));
+  const int64_t first = buf.q.size(0) - int64_t(copies.size());
+  for (size_t i = 0; i < copies.size(); ++i)
+    for (at::Tensor* t : {&buf.q, &buf.k, &buf.v})
+      t->narrow(0, first + int64_t(i), 1).narrow(1, begin, end - begin)
+          .copy_(t->narrow(0, copies[i], 1).narrow(1, begin, end - begin));
 }
 
 at::Tensor with_copies(const at::Tensor& x, const std::vector<int64_t>& copies) {
   if (copies.empty()) return x;
-  return at::cat({x, x.index_select(0, at::tensor(copies, at::kLong).to(x.device()))});
+  std::vector<at::Tensor> parts = {x};
+  for (int64_t c : copies) parts.push_back(x.narrow(0, c, 1));
+  return at::cat(parts);
 }
 
 void qkv_prepare(const at::Tensor& src, const QkNormSpec& s, const at::Tensor& cos, const at::Tensor& sin,
