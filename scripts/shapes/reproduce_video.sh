@@ -1,22 +1,42 @@
 #!/usr/bin/env bash
 # Trains the video demo model demo/shapes-video from nothing, with the recipe and step counts it was made with
 # (docs/SHAPES.md, the video part), on one CUDA GPU with diffusers importable (on the GPU box: the wheel in .whl,
-# see gpu_train_video.sh), then scores it on held-out captions with diffusers. About 10 minutes on one H200
-# (estimated from the two device calls that made the model), so on the GPU box split it over two commands with
-# STAGES=12 then STAGES=34 (the folder OUT must survive in between, or be carried).
+# see gpu_train_video.sh), then scores it on held-out captions with diffusers. About 20 minutes on one H200
+# (estimated from the four device calls that made the model), so on the GPU box split it over four commands with
+# STAGES=12, STAGES=34, STAGES=56, then STAGES=78 (the folder OUT must survive in between, or be carried).
 #   scripts/shapes/reproduce_video.sh OUT_DIR     -> OUT_DIR/shapes-video, OUT_DIR/*.log, OUT_DIR/shapes-video/eval
 # SMOKE=1 EVAL_N=2 runs every stage for a few CPU steps (train_video.py --smoke): a check of the script itself.
-# The original stages 2 and 3 ran a cosine over a time budget (195 s, 238 s) that reached the step counts below;
-# here the cosine runs over those steps. Training on the GPU is not bit-reproducible: a rerun gives an equivalent
-# model, not the same files.
+# The original stages 2, 3, 5 and 7 ran a cosine over a time budget (195, 238, 280, 280 s) that reached the step
+# counts below, and stages 4, 6 and 8 (the decoder) likewise over 262, 280 and 280 s; here the cosines run over
+# those steps. Training on the GPU is not bit-reproducible: a rerun gives an equivalent model, not the same files.
 set -euo pipefail
 OUT=${1:?usage: reproduce_video.sh OUT_DIR}
-STAGES=${STAGES:-1234}
+STAGES=${STAGES:-12345678}
 T="${PY:-python3} scripts/shapes/train_video.py ${SMOKE:+--smoke}"
 D="--n 30000 --data-cache $OUT/clips.npy"
 mkdir -p "$OUT"
 start=$(date +%s)
 took() { echo "$1 done after $(( $(date +%s) - start )) s"; }
+# combine DIT VAE DEST ABOUT STAGE:FOLDER...: DEST = DIT's pipeline (DiT, T5, tokenizer) with VAE's vae/, and a
+# shapes_video.json that records the stages named (each from its folder's own shapes_video.json).
+combine() {
+  local dit=$1 vae=$2 dest=$3 about=$4; shift 4
+  rm -rf "${OUT:?}/$dest" && cp -r "$OUT/$dit" "$OUT/$dest"
+  rm -rf "$OUT/$dest/vae" && cp -r "$OUT/$vae/vae" "$OUT/$dest/vae"
+  ${PY:-python3} - "$OUT" "$dit" "$dest" "$about" "$@" <<'EOF'
+import json, pathlib, sys
+out, dit_name, dest, about, stages = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+stage = lambda d: {k: v for k, v in json.loads((out / d / "shapes_video.json").read_text()).items()  # noqa: E731
+                   if k not in ("heldout_pairs", "heldout_motions", "resumed_from_run")}
+dit = json.loads((out / dit_name / "shapes_video.json").read_text())
+(out / dest / "shapes_video.json").write_text(json.dumps({
+    "about": "The shapes-video demo model (scripts/shapes/, docs/SHAPES.md), made by scripts/shapes/reproduce_video.sh: "
+             + about + ".",
+    "size": dit["size"], "frames": dit["frames"], "max_text_seq_length": dit["max_text_seq_length"],
+    "heldout_pairs": dit["heldout_pairs"], "heldout_motions": dit["heldout_motions"],
+    "stages": {k: stage(d) for k, d in (s.split(":") for s in stages)}}, indent=1) + "\n")
+EOF
+}
 if [[ $STAGES == *1* ]]; then
   # 1. The causal 3D VAE (3 blocks of 32, 64, 64 channels: 4x spatial, 4x temporal compression, 16 latent
   #    channels), encoder and decoder: 932 steps at batch 32, AdamW 1e-3 after 100 warm-up steps, 30000 clips.
@@ -42,23 +62,37 @@ if [[ $STAGES == *3* ]]; then
     --vae-batch 32 --vae-lr 5e-4 $D --dit-steps 0 > "$OUT/vae2.log" 2>&1
   wait "$dit_pid"
   took "3. DiT continued + 4. VAE decoder"
-  # The model: stage 3's DiT, T5 and tokenizer with stage 4's VAE.
-  rm -rf "$OUT/shapes-video" && cp -r "$OUT/dit2" "$OUT/shapes-video"
-  rm -rf "$OUT/shapes-video/vae" && cp -r "$OUT/vae2/vae" "$OUT/shapes-video/vae"
-  ${PY:-python3} - "$OUT" <<'EOF'
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-stage = lambda d: {k: v for k, v in json.loads((out / d / "shapes_video.json").read_text()).items()  # noqa: E731
-                   if k not in ("heldout_pairs", "heldout_motions", "resumed_from_run")}
-dit = json.loads((out / "dit2" / "shapes_video.json").read_text())
-(out / "shapes-video" / "shapes_video.json").write_text(json.dumps({
-    "about": "The shapes-video demo model (scripts/shapes/, docs/SHAPES.md), made by scripts/shapes/reproduce_video.sh: "
-             "the VAE, the DiT and T5 on its latents, the DiT continued beside the VAE's decoder fine-tuned alone.",
-    "size": dit["size"], "frames": dit["frames"], "max_text_seq_length": dit["max_text_seq_length"],
-    "heldout_pairs": dit["heldout_pairs"], "heldout_motions": dit["heldout_motions"],
-    "stages": {"1_vae": stage("vae"), "2_dit": stage("dit"), "3_dit_continued": stage("dit2"),
-               "4_vae_decoder": stage("vae2")}}, indent=1) + "\n")
-EOF
+  combine dit2 vae2 m34 "the VAE, the DiT and T5 on its latents, the DiT continued beside the VAE's decoder fine-tuned alone" \
+    1_vae:vae 2_dit:dit 3_dit_continued:dit2 4_vae_decoder:vae2
+fi
+if [[ $STAGES == *5* ]]; then
+  # 5. Stages 3+4's DiT and T5 continued: batch 1024, AdamW 1e-3, 100 warm-up steps, cosine to 30% over 992 steps;
+  #    beside it 6. stages 3+4's decoder fine-tuned further: 1363 steps at batch 32, AdamW 3e-4 with a cosine to
+  #    10%, the shape's pixels weighted 5x.
+  $T "$OUT/dit3" --resume "$OUT/m34" --vae-steps 0 $D --batch 1024 --lr 1e-3 --lr-floor 0.3 --warmup 100 \
+    --dit-steps 992 > "$OUT/dit3.log" 2>&1 &
+  dit_pid=$!
+  $T "$OUT/vae3" --resume "$OUT/m34" --decoder-only --object-weight 5 --vae-steps 1363 --vae-lr-schedule steps \
+    --vae-batch 32 --vae-lr 3e-4 $D --dit-steps 0 > "$OUT/vae3.log" 2>&1
+  wait "$dit_pid"
+  took "5. DiT continued + 6. VAE decoder"
+  combine dit3 vae3 m56 "the VAE, the DiT and T5 on its latents, then two rounds of the DiT continued beside the VAE's decoder fine-tuned alone" \
+    1_vae:vae 2_dit:dit 3_dit_continued:dit2 4_vae_decoder:vae2 5_dit_continued:dit3 6_vae_decoder:vae3
+fi
+if [[ $STAGES == *7* ]]; then
+  # 7. Stages 5+6's DiT and T5 continued: batch 1024, AdamW 6e-4, 50 warm-up steps, cosine to 2% over 990 steps;
+  #    beside it 8. stages 5+6's decoder: 1391 steps at batch 32, AdamW 2e-4 with a cosine to 10%, shape weighted 5x.
+  $T "$OUT/dit4" --resume "$OUT/m56" --vae-steps 0 $D --batch 1024 --lr 6e-4 --lr-floor 0.02 --warmup 50 \
+    --dit-steps 990 > "$OUT/dit4.log" 2>&1 &
+  dit_pid=$!
+  $T "$OUT/vae4" --resume "$OUT/m56" --decoder-only --object-weight 5 --vae-steps 1391 --vae-lr-schedule steps \
+    --vae-batch 32 --vae-lr 2e-4 $D --dit-steps 0 > "$OUT/vae4.log" 2>&1
+  wait "$dit_pid"
+  took "7. DiT continued + 8. VAE decoder"
+  # The model: stage 7's DiT, T5 and tokenizer with stage 8's VAE (stage 1's encoder, stage 8's decoder).
+  combine dit4 vae4 shapes-video "the VAE, the DiT and T5 on its latents, then three rounds of the DiT continued beside the VAE's decoder fine-tuned alone" \
+    1_vae:vae 2_dit:dit 3_dit_continued:dit2 4_vae_decoder:vae2 5_dit_continued:dit3 6_vae_decoder:vae3 \
+    7_dit_continued:dit4 8_vae_decoder:vae4
   $T "$OUT/shapes-video" --eval-only --eval "${EVAL_N:-100}" ${SMOKE:+--eval-steps 2} > "$OUT/eval.log" 2>&1
   grep "held-out eval" "$OUT/eval.log"
   echo "$OUT/shapes-video"
