@@ -17,6 +17,18 @@ D="--n 30000 --data-cache $OUT/clips.npy"
 mkdir -p "$OUT"
 start=$(date +%s)
 took() { echo "$1 done after $(( $(date +%s) - start )) s"; }
+# rounds FROM DIT VAE "DIT_ARGS" DECODER_STEPS DECODER_LR LABEL: FROM's DiT and T5 continued at batch 1024 (into
+# DIT) beside FROM's decoder fine-tuned alone (into VAE; the encoder and the latents stay): batch 32, a cosine to
+# 10% over its steps, the shape's pixels (and their neighbours) weighted 5x against the background's.
+rounds() {
+  # shellcheck disable=SC2086
+  $T "$OUT/$2" --resume "$OUT/$1" --vae-steps 0 $D --batch 1024 $4 > "$OUT/$2.log" 2>&1 &
+  local dit_pid=$!
+  $T "$OUT/$3" --resume "$OUT/$1" --decoder-only --object-weight 5 --vae-steps "$5" --vae-lr-schedule steps \
+    --vae-batch 32 --vae-lr "$6" $D --dit-steps 0 > "$OUT/$3.log" 2>&1
+  wait "$dit_pid"
+  took "$7"
+}
 # combine DIT VAE DEST ABOUT STAGE:FOLDER...: DEST = DIT's pipeline (DiT, T5, tokenizer) with VAE's vae/, and a
 # shapes_video.json that records the stages named (each from its folder's own shapes_video.json).
 combine() {
@@ -55,13 +67,8 @@ if [[ $STAGES == *3* ]]; then
   # 3. Stage 2 continued: batch 1024, AdamW 1.5e-3, 100 warm-up steps, cosine to 2% over 796 steps; beside it
   # 4. stage 1's decoder alone (the latents stay): 1295 steps at batch 32, AdamW 5e-4 with a cosine to 10%, the
   #    shape's pixels (and their neighbours) weighted 5x against the background's.
-  $T "$OUT/dit2" --resume "$OUT/dit" --vae-steps 0 $D --batch 1024 --lr 1.5e-3 --lr-floor 0.02 --warmup 100 \
-    --dit-steps 796 > "$OUT/dit2.log" 2>&1 &
-  dit_pid=$!
-  $T "$OUT/vae2" --resume "$OUT/dit" --decoder-only --object-weight 5 --vae-steps 1295 --vae-lr-schedule steps \
-    --vae-batch 32 --vae-lr 5e-4 $D --dit-steps 0 > "$OUT/vae2.log" 2>&1
-  wait "$dit_pid"
-  took "3. DiT continued + 4. VAE decoder"
+  rounds dit dit2 vae2 "--lr 1.5e-3 --lr-floor 0.02 --warmup 100 --dit-steps 796" 1295 5e-4 \
+    "3. DiT continued + 4. VAE decoder"
   combine dit2 vae2 m34 "the VAE, the DiT and T5 on its latents, the DiT continued beside the VAE's decoder fine-tuned alone" \
     1_vae:vae 2_dit:dit 3_dit_continued:dit2 4_vae_decoder:vae2
 fi
@@ -69,26 +76,16 @@ if [[ $STAGES == *5* ]]; then
   # 5. Stages 3+4's DiT and T5 continued: batch 1024, AdamW 1e-3, 100 warm-up steps, cosine to 30% over 992 steps;
   #    beside it 6. stages 3+4's decoder fine-tuned further: 1363 steps at batch 32, AdamW 3e-4 with a cosine to
   #    10%, the shape's pixels weighted 5x.
-  $T "$OUT/dit3" --resume "$OUT/m34" --vae-steps 0 $D --batch 1024 --lr 1e-3 --lr-floor 0.3 --warmup 100 \
-    --dit-steps 992 > "$OUT/dit3.log" 2>&1 &
-  dit_pid=$!
-  $T "$OUT/vae3" --resume "$OUT/m34" --decoder-only --object-weight 5 --vae-steps 1363 --vae-lr-schedule steps \
-    --vae-batch 32 --vae-lr 3e-4 $D --dit-steps 0 > "$OUT/vae3.log" 2>&1
-  wait "$dit_pid"
-  took "5. DiT continued + 6. VAE decoder"
+  rounds m34 dit3 vae3 "--lr 1e-3 --lr-floor 0.3 --warmup 100 --dit-steps 992" 1363 3e-4 \
+    "5. DiT continued + 6. VAE decoder"
   combine dit3 vae3 m56 "the VAE, the DiT and T5 on its latents, then two rounds of the DiT continued beside the VAE's decoder fine-tuned alone" \
     1_vae:vae 2_dit:dit 3_dit_continued:dit2 4_vae_decoder:vae2 5_dit_continued:dit3 6_vae_decoder:vae3
 fi
 if [[ $STAGES == *7* ]]; then
   # 7. Stages 5+6's DiT and T5 continued: batch 1024, AdamW 6e-4, 50 warm-up steps, cosine to 2% over 990 steps;
   #    beside it 8. stages 5+6's decoder: 1391 steps at batch 32, AdamW 2e-4 with a cosine to 10%, shape weighted 5x.
-  $T "$OUT/dit4" --resume "$OUT/m56" --vae-steps 0 $D --batch 1024 --lr 6e-4 --lr-floor 0.02 --warmup 50 \
-    --dit-steps 990 > "$OUT/dit4.log" 2>&1 &
-  dit_pid=$!
-  $T "$OUT/vae4" --resume "$OUT/m56" --decoder-only --object-weight 5 --vae-steps 1391 --vae-lr-schedule steps \
-    --vae-batch 32 --vae-lr 2e-4 $D --dit-steps 0 > "$OUT/vae4.log" 2>&1
-  wait "$dit_pid"
-  took "7. DiT continued + 8. VAE decoder"
+  rounds m56 dit4 vae4 "--lr 6e-4 --lr-floor 0.02 --warmup 50 --dit-steps 990" 1391 2e-4 \
+    "7. DiT continued + 8. VAE decoder"
   # The model: stage 7's DiT, T5 and tokenizer with stage 8's VAE (stage 1's encoder, stage 8's decoder).
   combine dit4 vae4 shapes-video "the VAE, the DiT and T5 on its latents, then three rounds of the DiT continued beside the VAE's decoder fine-tuned alone" \
     1_vae:vae 2_dit:dit 3_dit_continued:dit2 4_vae_decoder:vae2 5_dit_continued:dit3 6_vae_decoder:vae3 \
