@@ -52,6 +52,7 @@ struct ControlContext {
   std::vector<BranchRows> rows;  // the batch, branch by branch
   bool pairs = false;            // an edit: each branch's rows are [source, target]
   bool prepass = false;          // an edit's first pass, whose images are not kept (it derives the edit mask)
+  bool region_text = false;      // the cond rows take the regions' text this step (controls/regional.h)
   std::vector<Control*> controls;
   const BranchRows* find(Branch b, int id = 0) const;
   int64_t batch() const { return rows.empty() ? 0 : rows.back().end; }
@@ -110,6 +111,8 @@ class Control {
   virtual bool rescales() const { return false; }
   // Whether this step's batch needs the Branch::Base helper rows (regional prompting).
   virtual bool wants_base_rows(int step) const { return false; }
+  // Whether the cond rows take the regions' side-by-side text at this step (regional prompting).
+  virtual bool wants_region_text(int step) const { return false; }
   int branch_id = -1;  // the id of this control's Perturbed branch (set by the guidance stage)
 
   // The block-level hook.

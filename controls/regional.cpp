@@ -40,7 +40,9 @@ class Regional : public Control {
         flux_(flux_single_after), double_layers_(double_layers) {}
 
   std::string name() const override { return "regions"; }
-  bool wants_base_rows(int step) const override { return step < steps_; }
+  // With --region-base-ratio 0 the blend takes nothing of the base rows, so they are left out: one row per image.
+  bool wants_base_rows(int step) const override { return step < steps_ && base_ratio_ > 0; }
+  bool wants_region_text(int step) const override { return step < steps_; }
 
   void begin(const GenerationInfo& info) override {
     cells_ = region_tokens(pixels_, info.grid_h, info.grid_w);  // [slots, N] in the image tokens' order
@@ -50,7 +52,7 @@ class Regional : public Control {
   }
 
   bool touches(const AttentionDesc& desc, const ControlContext& ctx) const override {
-    return desc.sub == 0 && desc.text.size() > 0 && ctx.find(Branch::Base);
+    return desc.sub == 0 && desc.text.size() > 0 && ctx.region_text;
   }
 
   // Where the base rows take the blend (after()), their image stream is the cond rows' at every block's entry and
@@ -69,6 +71,7 @@ class Regional : public Control {
   }
 
   void after(AttentionCall& call) override {
+    if (!call.ctx.find(Branch::Base)) return;  // base ratio 0: nothing to blend
     const BranchRows& cond = *call.ctx.find(Branch::Cond);
     const BranchRows& base = *call.ctx.find(Branch::Base);
     const TokenRange img = call.desc.image;

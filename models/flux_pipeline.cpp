@@ -1,3 +1,4 @@
+#include "models/fp8.h"
 #include "models/flux_pipeline.h"
 
 #include <climits>
@@ -126,6 +127,7 @@ class FluxPipelineImpl : public Pipeline {
   FluxPipelineImpl(const GenerateRequest& r, const ModelInfo& m)
       : src_(find_sources(r, m)), name_(m.variant.empty() ? "flux" : m.variant), device_(parse_device(r.device)),
         dtype_(pick_dtype(r.dtype, device_)) {
+    if (r.fp8) fp8::require(device_, dtype_);
     tok_l_ = ClipTokenizer::load(src_.tok_l);
     tok_t5_ = T5Tokenizer::load(src_.tok_t5);
     if (src_.single_file) {
@@ -135,6 +137,7 @@ class FluxPipelineImpl : public Pipeline {
     } else {
       transformer_ = FluxTransformer::load(src_.transformer_dir, device_, dtype_);
     }
+    if (r.fp8) transformer_->to_fp8();
     if (src_.vae_in_single_file || (!src_.vae.empty() && !fs::is_directory(src_.vae))) {
       WeightStore store = src_.vae_in_single_file ? *src_.single_file : WeightStore::open(src_.vae);
       VaeConfig vc = infer_vae_config(store);
@@ -297,7 +300,7 @@ class FluxPipelineImpl : public Pipeline {
           ctx.prepass = prepass;
           at::Tensor x = Guidance::by_branch(ctx, latents, latents);
           at::Tensor g = distilled.defined() ? Guidance::by_branch(ctx, distilled, distilled) : distilled;
-          const bool regional = ctx.find(Branch::Base) != nullptr;
+          const bool regional = ctx.region_text;
           at::Tensor text = regional ? Guidance::by_branch(ctx, regional_embeds, padded(ne), padded(e))
                                      : Guidance::by_branch(ctx, e, ne);
           const BatchSplit split(ctx);  // CFG-parallel: this rank's rows (samplers/cfg_parallel.h)

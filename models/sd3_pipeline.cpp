@@ -1,3 +1,4 @@
+#include "models/fp8.h"
 #include "models/sd3_pipeline.h"
 
 #include <climits>
@@ -148,6 +149,7 @@ Sd3Pipeline::Sd3Pipeline(const GenerateRequest& r, const ModelInfo& m)
       name_(m.variant.empty() ? "sd3" : m.variant),
       device_(parse_device(r.device)),
       dtype_(pick_dtype(r.dtype, device_)) {
+  if (r.fp8) fp8::require(device_, dtype_);
   tok_l_ = ClipTokenizer::load(src_.tok_l);
   tok_g_ = ClipTokenizer::load(src_.tok_g);
   if (!src_.t5_absent) {
@@ -155,6 +157,7 @@ Sd3Pipeline::Sd3Pipeline(const GenerateRequest& r, const ModelInfo& m)
     tok_t5_ = T5Tokenizer::load(src_.tok_t5);
   }
   load_transformer_and_vae();
+  if (r.fp8) transformer_->to_fp8();
 }
 
 void Sd3Pipeline::load_transformer_and_vae() {
@@ -353,7 +356,7 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
         ctx.pairs = pairs;
         ctx.prepass = !report;
         at::Tensor x = Guidance::by_branch(ctx, latents, latents);
-        at::Tensor text = ctx.find(Branch::Base) ? Guidance::by_branch(ctx, regional_embeds, padded(ne), padded(e))
+        at::Tensor text = ctx.region_text ? Guidance::by_branch(ctx, regional_embeds, padded(ne), padded(e))
                                                  : Guidance::by_branch(ctx, e, ne);
         const BatchSplit split(ctx);  // CFG-parallel: this rank's rows (samplers/cfg_parallel.h)
         const ControlContext& part = split.context();

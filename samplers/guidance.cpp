@@ -35,6 +35,7 @@ ControlContext Guidance::context(int step, int num_steps, double timestep, int64
   };
   if (config_.cfg) add(Branch::Uncond, 0, 0.0);
   add(Branch::Cond, 0, 0.0);
+  for (const auto& c : controls_) ctx.region_text = ctx.region_text || c->wants_region_text(step);
   for (const auto& c : controls_)
     if (c->wants_base_rows(step)) {
       add(Branch::Base, 0, 0.0);

@@ -129,6 +129,7 @@ TEST(Controls, RegionsEqualTheOfficialTransformer) {
   ctx.step = 0;
   ctx.num_steps = 4;
   ctx.rows = {{Branch::Cond, 0, 0.0, 0, 1}, {Branch::Base, 0, 0.0, 1, 2}};
+  ctx.region_text = true;
   ctx.controls = {controls[0].get()};
   at::Tensor regional = g["encoder_hidden_states"], base = g["encoder_hidden_states_base"];
   ASSERT_EQ(regional.size(1), 1024);
@@ -165,6 +166,56 @@ TEST(Controls, RegionsEqualTheOfficialTransformer) {
   EXPECT_GT(test::rel_err(plain, g["out"]), 0.01);  // measured 0.032, against the 1e-4 tolerance
 }
 
+// --region-base-ratio 0: the blend takes nothing of the base rows, so the batch leaves them out (one row per image)
+// and the cond row is the one of a batch with them at a ratio of 1e-9; on the plain and on the fast path.
+TEST(Controls, RegionsWithoutBaseRatioLeaveTheBaseRowsOut) {
+  test::GoldenFile g(test::source_dir() / "tests" / "data" / "regional" / "transformer_io.safetensors");
+  torch::NoGradGuard ng;
+  auto flux = FluxTransformer::load(golden() / "tiny-flux-dev" / "transformer", at::kCPU, at::kFloat);
+  const auto& c = flux->config();
+  const ModelShape shape{"flux", int(c.num_layers + c.num_single_layers), int(c.num_layers), int(c.num_attention_heads)};
+  GenerateRequest r;
+  r.width = r.height = 128;
+  r.max_sequence_length = 512;
+  r.prompt = "a small red circle above a blue square";
+  r.regions = {{0, 0, 64, 128, "", "a red circle"}, {64, 0, 128, 128, "", "a blue square"}};
+  at::Tensor regional = g["encoder_hidden_states"], base = g["encoder_hidden_states_base"];
+  auto output = [&](double ratio) {
+    r.region_base_ratio = ratio;
+    auto controls = make_controls(r, shape);
+    EXPECT_EQ(controls[0]->wants_base_rows(0), ratio > 0);
+    EXPECT_TRUE(controls[0]->wants_region_text(0));
+    EXPECT_FALSE(controls[0]->wants_region_text(r.region_steps));
+    GenerationInfo info;
+    info.grid_h = info.grid_w = 8;
+    controls[0]->begin(info);
+    ControlContext ctx;
+    ctx.model = shape;
+    ctx.step = 0;
+    ctx.num_steps = 4;
+    ctx.region_text = true;
+    ctx.rows = {{Branch::Cond, 0, 0.0, 0, 1}};
+    if (ratio > 0) ctx.rows.push_back({Branch::Base, 0, 0.0, 1, 2});
+    ctx.controls = {controls[0].get()};
+    const int64_t n = int64_t(ctx.rows.size());
+    at::Tensor text = regional;
+    if (n == 2) text = at::cat({regional, at::constant_pad_nd(base, {0, 0, 0, regional.size(1) - base.size(1)})});
+    auto rows = [&](const at::Tensor& t) { return t.repeat_interleave(n, 0); };
+    return flux->forward(rows(g["hidden_states"]), text, rows(g["pooled"]), rows(g["timestep"]), g["img_ids"],
+                         flux_text_ids(1024, text.options()), rows(g["guidance"]), &ctx).narrow(0, 0, 1);
+  };
+  at::Tensor without = output(0.0), with = output(1e-9);
+  const double e = test::rel_err(without, with);
+  at::Tensor plain = flux->forward(g["hidden_states"], base, g["pooled"], g["timestep"], g["img_ids"],
+                                   flux_text_ids(base.size(1), base.options()), g["guidance"]);
+  std::printf("[controls] regional, base ratio 0 without base rows against 1e-9 with them: rel err %.3g (plain %.3g)\n",
+              e, test::rel_err(without, plain));
+  EXPECT_LE(e, 1e-6);
+  EXPECT_GT(test::rel_err(without, plain), 0.01);  // the regions did act
+  fused::ModeGuard fast(fused::Mode::Reference);
+  EXPECT_LE(test::rel_err(output(0.0), without), 1e-5);
+}
+
 // SD3 with CFG: the rows that hold one prompt padded to the regions' text length (uncond, base) give what the
 // unpadded prompt gives; the padding is masked out of every attention.
 TEST(Controls, RegionalPaddingIsMaskedOut) {
@@ -184,6 +235,7 @@ TEST(Controls, RegionalPaddingIsMaskedOut) {
   ControlContext ctx;
   ctx.model = shape;
   ctx.rows = {{Branch::Uncond, 0, 0.0, 0, 1}, {Branch::Cond, 0, 0.0, 1, 2}, {Branch::Base, 0, 0.0, 2, 3}};
+  ctx.region_text = true;
   ctx.controls = {controls[0].get()};
   auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
   at::Tensor x = at::randn({1, 16, 16, 16}, gen), neg = at::randn({1, 97, c.joint_attention_dim}, gen);

@@ -15,7 +15,8 @@
 #   5. an edit's cost (mmdit edit: the source pass that derives the mask, then source and target together) against
 #      a plain generation and a plain batch of two.
 #   6. editing a given image (inversion, then the pair) and FreeFlux's edits, against a plain batch of two.
-#   scripts/bench/controls_round.sh [check] [sd35l] [flux] [gpucheck] [regions] [edit] [editimage]
+#   7. regions0: regional prompts with --region-base-ratio 0 (no base rows) on FLUX.1-dev and SD3.5-large.
+#   scripts/bench/controls_round.sh [check] [sd35l] [flux] [gpucheck] [regions] [regions0] [edit] [editimage]
 #   (default: the first three)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -61,6 +62,17 @@ for w in $WHAT; do case $w in
         --variant "--region '0,0,512,1024:a red sports car' --region '512,0,1024,1024:a blue sports car' --region-steps 10" \
         | tee -a "$R"
     done ;;
+  regions0)
+    # --region-base-ratio 0: no base rows (one row per image), dense calls per region.
+    $M bench --model $L/flux-dev --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
+      --steps 10 --warmup-steps 3 \
+      --variant "--region '0,0,512,1024:a red sports car' --region '512,0,1024,1024:a blue sports car' --region-steps 10 --region-base-ratio 0" \
+      --variant "--region '0,0,512,512:a red sports car' --region '512,512,1024,1024:a blue sports car' --region-steps 10 --region-base-ratio 0" \
+      | tee -a "$R"
+    $M bench --model $L/sd3.5-large --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
+      --steps 10 --warmup-steps 3 --cfg 7 \
+      --variant "--region '0,0,512,1024:a red sports car' --region '512,0,1024,1024:a blue sports car' --region-steps 10 --region-base-ratio 0" \
+      | tee -a "$R" ;;
   edit)
     for m in sd3.5-large flux-dev; do
       $M bench --model $L/$m --random-weights --device cuda --dtype bf16 --runs 2 --width 1024 --height 1024 \
