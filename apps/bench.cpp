@@ -181,6 +181,7 @@ Command add_bench_command(CLI::App& app) {
       ->check(CLI::IsMember({"dense", "mask"}))
       ->capture_default_str();
   sub->add_flag("--random-weights", o->random_weights, "Make random weights on the device instead of loading files");
+  sub->add_flag("--fp8", r.fp8, "fp8 GEMMs in the transformer blocks (the model is loaded with them; not a --variant)");
   sub->add_option("--batch", r.batch, "Images per run (--batch 3 --cfg 1: three plain rows, a baseline)")
       ->check(CLI::Range(1, 64));
   sub->add_option("--variant", o->variants,

@@ -77,6 +77,8 @@ std::vector<RequestOption> make_options() {
   t.flag("no_fused", "CUDA: run the plain ATen path instead of the fused kernels (for comparison)", &R::no_fused);
   t.flag("cuda_graphs", "CUDA: replay each plain step as a CUDA graph (fewer kernel launches: for small models and "
          "sizes; no gain at 1024² on SD3.5-large or FLUX, docs/BENCHMARKS.md)", &R::cuda_graphs);
+  t.flag("fp8", "CUDA, Hopper or newer, bf16: the transformer blocks' GEMMs in fp8 (faster, lossy: speed and PSNR in "
+         "docs/BENCHMARKS.md)", &R::fp8);
 
   t.group = "Image";
   t.str("prompt", "p", "What to draw", Type::String, &R::prompt).required = true;

@@ -14,6 +14,7 @@
 #include "core/model_folder.h"
 #include "core/weights.h"
 #include "models/cogvideox_layers.h"
+#include "models/fast_layers.h"
 #include "models/fused_ops.h"
 
 namespace mmdit {
@@ -122,11 +123,9 @@ struct CogAttention : torch::nn::Module {
   // for all of h.
   at::Tensor forward_fused(const at::Tensor& h, int64_t T, const std::optional<std::pair<at::Tensor, at::Tensor>>& rope,
                            AttentionDesc desc) {
-    if (!qkv_w.defined()) {
-      std::tie(qkv_w, qkv_b) = fused::fuse_linears(to_q, to_k, to_v);
-    }
+    qkv.fuse(to_q, to_k, to_v);
     const int64_t batch = h.size(0), L = h.size(1);
-    at::Tensor qkv = at::linear(h, qkv_w, nn::opt(qkv_b));
+    at::Tensor qkv = this->qkv(h);
     fused::QkNormSpec spec;
     spec.kind = kernels::QkNorm::Layer;
     spec.q_w = norm_q->weight, spec.q_b = norm_q->bias, spec.k_w = norm_k->weight, spec.k_b = norm_k->bias;
@@ -143,10 +142,13 @@ struct CogAttention : torch::nn::Module {
   }
 
   int64_t heads, head_dim;
+  // --fp8 (models/fp8.h): the fused projection as e4m3; to_out goes with the block's other layers.
+  void to_fp8() { qkv.to_fp8(to_q, to_k, to_v); }
+
   nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out{nullptr};
   nn::AffineLayerNorm norm_q{nullptr}, norm_k{nullptr};
   torch::nn::ModuleList to_out_list{nullptr};
-  at::Tensor qkv_w, qkv_b;  // the fast path's fused projection (views of the parameters)
+  nn::QkvProjection qkv;  // the fast path's fused projection
 };
 
 // [ctx, x] along the tokens: a view when they already are the two parts of one joint tensor (the fast
@@ -273,7 +275,7 @@ struct CogVideoXBlock : torch::nn::Module {
     at::Tensor nh = fused::ln_modulate(h, {}, {m1[0], m1[1], {}, m1[3], m1[4], {}, T}, ln1->eps, ln1->weight, ln1->bias).second;
     at::Tensor a = attn1->forward_fused(nh, T, rope, desc);
     auto [h1, nh2] = fused::ln_modulate(h, a, {m2[0], m2[1], m1[2], m2[3], m2[4], m1[5], T}, ln2->eps, ln2->weight, ln2->bias);
-    at::Tensor f = ff->out(fused::linear_gelu(nh2, ff->gelu->proj->weight, ff->gelu->proj->bias));
+    at::Tensor f = nn::feed_forward_fused(*ff, nh2);
     fused::add_residual_(h1, {{}, {}, m2[2], {}, {}, m2[5], T}, f);
     return {h1.narrow(1, T, N), h1.narrow(1, 0, T)};
   }
@@ -391,6 +393,13 @@ CogVideoXTransformer::CogVideoXTransformer(const CogVideoXTransformerConfig& c) 
   norm_out_ = register_module("norm_out", std::make_shared<CogVideoXAdaNormOut>(c.time_embed_dim, dim, c.norm_eps));
   const int64_t out = c.patch_size * c.patch_size * (c.patch_size_t ? c.patch_size_t : 1) * c.out_channels;
   proj_out_ = register_module("proj_out", nn::Linear(dim, out).ptr());
+}
+
+void CogVideoXTransformer::to_fp8() {
+  for (auto& b : blocks_) {
+    b->attn1->to_fp8();
+    nn::linears_to_fp8(*b);
+  }
 }
 
 at::Tensor CogVideoXTransformer::forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,

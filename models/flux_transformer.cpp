@@ -14,6 +14,7 @@
 #include "core/torch_util.h"
 #include "core/model_folder.h"
 #include "core/weights.h"
+#include "models/fast_layers.h"
 #include "models/fused_ops.h"
 #include "models/layers.h"
 
@@ -103,30 +104,33 @@ struct FluxAttention : torch::nn::Module {
   // joint [text, image] buffers. Double blocks: {image output, text output}; single blocks: {attention
   // output [B, N, inner] before any projection, {}}.
   // x may lack the last rows of ctx: rows that repeat the image rows `copies` (BlockPlan::image_copies); the image
-  // output then has x's rows.
+  // output then has x's rows. xq: x already quantized for --fp8 (single blocks share it with their MLP).
   std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, const at::Tensor& cos,
                                                   const at::Tensor& sin, AttentionDesc desc,
-                                                  const std::vector<int64_t>& copies = {}) {
-    if (!qkv_w.defined()) {
-      std::tie(qkv_w, qkv_b) = fused::fuse_linears(to_q, to_k, to_v);
-      if (!add_q_proj.is_empty()) {
-        std::tie(add_qkv_w, add_qkv_b) = fused::fuse_linears(add_q_proj, add_k_proj, add_v_proj);
-      }
-    }
+                                                  const std::vector<int64_t>& copies = {},
+                                                  const fp8::Rows* xq = nullptr) {
+    qkv.fuse(to_q, to_k, to_v);
+    add_qkv.fuse(add_q_proj, add_k_proj, add_v_proj);
     const int64_t own = x.size(0), batch = own + int64_t(copies.size());
     const int64_t n_txt = ctx.defined() ? ctx.size(1) : 0, n = x.size(1) + n_txt;
     fused::Qkv buf = fused::qkv_buffers(batch, n, heads, head_dim, x.options());
     if (ctx.defined())
-      fused::qkv_prepare(at::linear(ctx, add_qkv_w, nn::opt(add_qkv_b)), norm_spec(norm_added_q, norm_added_k), cos, sin,
+      fused::qkv_prepare(add_qkv(ctx), norm_spec(norm_added_q, norm_added_k), cos, sin,
                          0, buf, 0);
     fused::Qkv head = fused::rows(buf, 0, own);
-    fused::qkv_prepare(at::linear(x, qkv_w, nn::opt(qkv_b)), norm_spec(norm_q, norm_k), cos, sin, 0, head, n_txt);
+    fused::qkv_prepare(qkv(x, xq), norm_spec(norm_q, norm_k), cos, sin, 0, head, n_txt);
     fused::copy_image_rows(buf, n_txt, n, copies);
     desc.heads = heads;
     at::Tensor o = attention(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc);
     o = o.transpose(1, 2).reshape({batch, n, heads * head_dim});
     if (!ctx.defined()) return {o, at::Tensor()};
     return {to_out(o.narrow(0, 0, own).narrow(1, n_txt, n - n_txt)), to_add_out(o.narrow(1, 0, n_txt))};
+  }
+
+  // --fp8 (models/fp8.h): the fused projections as e4m3; to_out and to_add_out go with the block's other layers.
+  void to_fp8() {
+    qkv.to_fp8(to_q, to_k, to_v);
+    add_qkv.to_fp8(add_q_proj, add_k_proj, add_v_proj);
   }
 
   static fused::QkNormSpec norm_spec(const std::shared_ptr<TorchRMSNorm>& nq, const std::shared_ptr<TorchRMSNorm>& nk) {
@@ -142,12 +146,8 @@ struct FluxAttention : torch::nn::Module {
       add_v_proj{nullptr}, to_add_out{nullptr}, to_out{nullptr};
   std::shared_ptr<TorchRMSNorm> norm_q, norm_k, norm_added_q, norm_added_k;
   torch::nn::ModuleList to_out_list{nullptr};
-  at::Tensor qkv_w, qkv_b, add_qkv_w, add_qkv_b;  // the fast path's fused projections (views of the parameters)
+  nn::QkvProjection qkv, add_qkv;  // the fast path's fused projections
 };
-
-at::Tensor ff_fused(FeedForward& ff, const at::Tensor& x) {
-  return ff.out(fused::linear_gelu(x, ff.gelu->proj->weight, ff.gelu->proj->bias));
-}
 
 at::Tensor clip_fp16(const at::Tensor& x) {
   return x.scalar_type() == at::kHalf ? x.clamp(-65504, 65504) : x;
@@ -225,8 +225,8 @@ struct FluxDoubleBlock : torch::nn::Module {
     auto [attn_out, ctx_attn_out] = attn->forward_fused(norm_x, norm_ctx, cos, sin, desc, copies);
     auto [x1, norm_ff] = fused::ln_modulate(x, attn_out, {m[3], m[4], m[2]}, eps);
     auto [ctx1, norm_cff] = fused::ln_modulate(ctx, ctx_attn_out, {c[3], c[4], c[2]}, eps);
-    return {clip_fp16(fused::residual(ctx1, c[5], ff_fused(*ff_context, norm_cff))),
-            fused::with_copies(fused::residual(x1, m[5], ff_fused(*ff, norm_ff)), copies)};
+    return {clip_fp16(fused::residual(ctx1, c[5], nn::feed_forward_fused(*ff_context, norm_cff))),
+            fused::with_copies(fused::residual(x1, m[5], nn::feed_forward_fused(*ff, norm_ff)), copies)};
   }
 
   std::shared_ptr<AdaNormZero> norm1, norm1_context;
@@ -259,6 +259,14 @@ struct FluxSingleBlock : torch::nn::Module {
                            const AttentionDesc& desc) {
     auto m = norm->forward(temb);  // shift, scale, gate
     at::Tensor nx = fused::ln_modulate(x, {}, {m[0], m[1]}, 1e-6).second;
+    if (proj_out->q.defined() && proj_mlp->q.defined() && attn->qkv.q.defined()) {
+      // --fp8: nx quantized once for the MLP and the QKV GEMMs; [attention | GELU(mlp)] quantized as one row.
+      const fp8::Rows nxq = fp8::quantize(nx);
+      at::Tensor mlp = fp8::linear(nxq, proj_mlp->q, proj_mlp->bias, x.scalar_type());
+      at::Tensor a = attn->forward_fused(nx, at::Tensor(), cos, sin, desc, {}, &nxq).first;
+      at::Tensor y = fp8::linear(fp8::quantize(a, mlp, /*gelu_c=*/true), proj_out->q, proj_out->bias, x.scalar_type());
+      return clip_fp16(fused::residual(x, m[2], y));
+    }
     at::Tensor mlp = fused::linear_gelu(nx, proj_mlp->weight, proj_mlp->bias);
     at::Tensor a = attn->forward_fused(nx, at::Tensor(), cos, sin, desc).first;
     return clip_fp16(fused::residual(x, m[2], fused::linear_of_concat(a, mlp, proj_out->weight, proj_out->bias)));
@@ -310,6 +318,17 @@ FluxTransformer::FluxTransformer(const FluxTransformerConfig& c) : config_(c) {
   }
   norm_out_ = register_module("norm_out", std::make_shared<FluxAdaNormContinuous>(dim));
   proj_out_ = register_module("proj_out", nn::Linear(dim, c.patch_size * c.patch_size * c.out_channels).ptr());
+}
+
+void FluxTransformer::to_fp8() {
+  for (auto& b : blocks_) {
+    b->attn->to_fp8();
+    nn::linears_to_fp8(*b);
+  }
+  for (auto& b : single_blocks_) {
+    b->attn->to_fp8();
+    nn::linears_to_fp8(*b);
+  }
 }
 
 std::pair<at::Tensor, at::Tensor> FluxTransformer::rotary(const at::Tensor& ids) const {

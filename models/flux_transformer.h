@@ -65,6 +65,10 @@ class FluxTransformer : public torch::nn::Module {
 
   const FluxTransformerConfig& config() const { return config_; }
 
+  // --fp8 (models/fp8.h): the blocks' linear layers (not the adaLN ones) become e4m3 GEMMs; their bf16 weights
+  // are freed, so a model without fp8 must be loaded again.
+  void to_fp8();
+
   static std::shared_ptr<FluxTransformer> load(const std::filesystem::path& component_dir, at::Device device,
                                                at::ScalarType dtype);
 

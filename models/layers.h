@@ -9,6 +9,8 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
 
+#include "models/fp8.h"
+
 namespace mmdit::nn {
 
 // dtype for parameters the layers below allocate; set with ParamDtypeGuard while constructing a network
@@ -48,8 +50,18 @@ struct LinearImpl : torch::nn::Module {
     weight = register_parameter("weight", empty_param({out, in}), false);
     if (with_bias) bias = register_parameter("bias", empty_param({out}), false);
   }
-  at::Tensor forward(const at::Tensor& x) { return at::linear(x, weight, opt(bias)); }
+  at::Tensor forward(const at::Tensor& x) {
+    return q.defined() ? fp8::linear(x, q, bias) : at::linear(x, weight, opt(bias));
+  }
+  // --fp8 (models/fp8.h): the weight becomes e4m3 and its bf16 copy is freed. Sizes the fp8 GEMM cannot take
+  // stay as they are; a layer already quantized (as part of a fused projection) is left alone.
+  void to_fp8() {
+    if (q.defined() || !fp8::fits(weight)) return;
+    q = fp8::quantize_weight(weight);
+    fp8::release(weight);
+  }
   at::Tensor weight, bias;
+  fp8::Weight q;  // set by to_fp8()
 };
 TORCH_MODULE(Linear);
 

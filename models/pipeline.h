@@ -19,6 +19,7 @@ struct GenerateRequest {
   std::string dtype;  // empty: f32 on cpu, bf16 on cuda
   bool no_fused = false;  // the plain path instead of the fused kernels (models/fused_ops.h)
   bool cuda_graphs = false;  // plain steps replayed as CUDA graphs (models/step_graph.h)
+  bool fp8 = false;          // fp8 GEMMs in the transformer blocks (models/fp8.h): faster, lossy
   // One generation over several devices (core/parallel.h, docs/SCALING.md): the same image as one device.
   int gpus = 0;                    // cuda:0..gpus-1; 0 or 1: one device
   std::string devices;             // or these, e.g. "cuda:0,cuda:2"

@@ -14,6 +14,7 @@
 #include "core/torch_util.h"
 #include "core/model_folder.h"
 #include "core/weights.h"
+#include "models/fast_layers.h"
 #include "models/fused_ops.h"
 #include "models/layers.h"
 
@@ -90,20 +91,16 @@ struct SD3Attention : torch::nn::Module {
   // rows `copies` (BlockPlan::image_copies); the image output then has x's rows.
   std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, AttentionDesc desc,
                                                   const std::vector<int64_t>& copies = {}) {
-    if (!qkv_w.defined()) {
-      std::tie(qkv_w, qkv_b) = fused::fuse_linears(to_q, to_k, to_v);
-      if (!add_q_proj.is_empty()) {
-        std::tie(add_qkv_w, add_qkv_b) = fused::fuse_linears(add_q_proj, add_k_proj, add_v_proj);
-      }
-    }
+    qkv.fuse(to_q, to_k, to_v);
+    add_qkv.fuse(add_q_proj, add_k_proj, add_v_proj);
     const int64_t own = x.size(0), batch = own + int64_t(copies.size()), n_img = x.size(1);
     const int64_t n_txt = ctx.defined() ? ctx.size(1) : 0;
     fused::Qkv buf = fused::qkv_buffers(batch, n_img + n_txt, heads, head_dim, x.options());
     fused::Qkv head = fused::rows(buf, 0, own);
-    fused::qkv_prepare(at::linear(x, qkv_w, nn::opt(qkv_b)), norm_spec(norm_q, norm_k), {}, {}, 0, head, 0);
+    fused::qkv_prepare(qkv(x), norm_spec(norm_q, norm_k), {}, {}, 0, head, 0);
     fused::copy_image_rows(buf, 0, n_img, copies);
     if (ctx.defined())
-      fused::qkv_prepare(at::linear(ctx, add_qkv_w, nn::opt(add_qkv_b)), norm_spec(norm_added_q, norm_added_k), {}, {},
+      fused::qkv_prepare(add_qkv(ctx), norm_spec(norm_added_q, norm_added_k), {}, {},
                          0, buf, n_img);
     desc.heads = heads;
     desc.image = {0, n_img};
@@ -113,6 +110,12 @@ struct SD3Attention : torch::nn::Module {
     at::Tensor txt;
     if (ctx.defined() && !to_add_out.is_empty()) txt = to_add_out(o.narrow(1, n_img, n_txt));
     return {to_out(o.narrow(0, 0, own).narrow(1, 0, n_img)), txt};
+  }
+
+  // --fp8 (models/fp8.h): the fused projections as e4m3; to_out and to_add_out go with the block's other layers.
+  void to_fp8() {
+    qkv.to_fp8(to_q, to_k, to_v);
+    add_qkv.to_fp8(add_q_proj, add_k_proj, add_v_proj);
   }
 
   static fused::QkNormSpec norm_spec(const nn::RMSNorm& nq, const nn::RMSNorm& nk) {
@@ -131,12 +134,8 @@ struct SD3Attention : torch::nn::Module {
       add_v_proj{nullptr}, to_add_out{nullptr}, to_out{nullptr};
   nn::RMSNorm norm_q{nullptr}, norm_k{nullptr}, norm_added_q{nullptr}, norm_added_k{nullptr};
   torch::nn::ModuleList to_out_list{nullptr};
-  at::Tensor qkv_w, qkv_b, add_qkv_w, add_qkv_b;  // the fast path's fused projections (views of the parameters)
+  nn::QkvProjection qkv, add_qkv;  // the fast path's fused projections
 };
-
-at::Tensor ff_fused(FeedForward& ff, const at::Tensor& x) {
-  return ff.out(fused::linear_gelu(x, ff.gelu->proj->weight, ff.gelu->proj->bias));
-}
 
 }  // namespace
 
@@ -267,10 +266,10 @@ struct SD3JointBlock : torch::nn::Module {
     } else {
       std::tie(x1, norm_ff) = fused::ln_modulate(x, attn_out, {m[3], m[4], m[2]}, eps);
     }
-    at::Tensor x_out = fused::with_copies(fused::residual(x1, m[5], ff_fused(*ff, norm_ff)), copies);
+    at::Tensor x_out = fused::with_copies(fused::residual(x1, m[5], nn::feed_forward_fused(*ff, norm_ff)), copies);
     if (context_pre_only) return {at::Tensor(), x_out};
     auto [ctx1, norm_cff] = fused::ln_modulate(ctx, ctx_attn_out, {c[3], c[4], c[2]}, eps);
-    return {fused::residual(ctx1, c[5], ff_fused(*ff_context, norm_cff)), x_out};
+    return {fused::residual(ctx1, c[5], nn::feed_forward_fused(*ff_context, norm_cff)), x_out};
   }
 
   bool context_pre_only, dual;
@@ -316,6 +315,14 @@ SD3Transformer::SD3Transformer(const SD3TransformerConfig& c) : config_(c) {
   }
   norm_out_ = register_module("norm_out", std::make_shared<SD3AdaNormContinuous>(dim));
   proj_out_ = register_module("proj_out", nn::Linear(dim, c.patch_size * c.patch_size * c.out_channels).ptr());
+}
+
+void SD3Transformer::to_fp8() {
+  for (auto& b : blocks_) {
+    b->attn->to_fp8();
+    if (b->attn2) b->attn2->to_fp8();
+    nn::linears_to_fp8(*b);
+  }
 }
 
 at::Tensor SD3Transformer::forward(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,

@@ -57,6 +57,10 @@ class SD3Transformer : public torch::nn::Module {
 
   const SD3TransformerConfig& config() const { return config_; }
 
+  // --fp8 (models/fp8.h): the blocks' linear layers (not the adaLN ones) become e4m3 GEMMs; their bf16 weights
+  // are freed, so a model without fp8 must be loaded again.
+  void to_fp8();
+
   // A diffusers component folder (config.json + weights), on `device` in `dtype`.
   static std::shared_ptr<SD3Transformer> load(const std::filesystem::path& component_dir, at::Device device,
                                               at::ScalarType dtype);

@@ -8,7 +8,9 @@
 // (models/step_graph.h): replayed calls give the eager call's numbers bit for bit, a new shape is warmed up and
 // captured again, a step with a control runs eagerly; and so do small random SD3 (with SD3.5-medium's QK norm and
 // dual attention) and FLUX transformers on the fast path; a call that cannot be captured stops with a message
-// naming --cuda-graphs. Prints one line per case.
+// naming --cuda-graphs. Then --fp8 (models/fp8.h): the row-quantization kernel (strided rows, GELU, two segments)
+// against its ATen reference, the row-wise _scaled_mm GEMM against the dequantized float32 product, and a random
+// FLUX transformer with fp8 GEMMs (close to bf16, and replayed as a step graph). Prints one line per case.
 #include <cmath>
 #include <cstdio>
 
@@ -19,6 +21,7 @@
 #include "core/errors.h"
 #include "core/attention.h"
 #include "models/flux_transformer.h"
+#include "models/fp8.h"
 #include "models/fused_ops.h"
 #include "models/sd3_transformer.h"
 #include "models/step_graph.h"
@@ -234,6 +237,83 @@ int check_model_graphs(at::Generator& gen) {
   return failures;
 }
 
+// The quantization kernel against fp8::quantize_reference: the same scales, and e4m3 values equal (GELU: at most one
+// step apart on a few values, where the kernel's tanhf and ATen's differ in the last bit).
+int check_fp8_quantize(at::Generator& gen) {
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  int failures = 0;
+  at::Tensor x = at::randn({2, 333, 3072}, gen).to(opts), c = (at::randn({2, 333, 12288}, gen) * 3).to(opts);
+  struct Case {
+    const char* name;
+    at::Tensor a, c;
+    bool gelu;
+  };
+  const Case cases[] = {{"rows", x, {}, false},
+                        {"token range", x.narrow(1, 17, 300), {}, false},
+                        {"gelu", c, {}, true},
+                        {"two segments + gelu", x.narrow(1, 33, 300), c.narrow(1, 0, 300), true}};
+  for (const Case& k : cases) {
+    mmdit::fp8::Rows got = k.c.defined() ? mmdit::fp8::quantize(k.a, k.c, k.gelu) : mmdit::fp8::quantize(k.a, k.gelu);
+    mmdit::fp8::Rows ref = k.c.defined() ? mmdit::fp8::quantize_reference(k.a, k.c, k.gelu)
+                                         : mmdit::fp8::quantize_reference(k.a, {}, false, k.gelu);
+    at::Tensor vg = got.values.to(at::kFloat), vr = ref.values.to(at::kFloat);
+    const double scale_err = ((got.scale - ref.scale).abs() / ref.scale).max().item<double>();
+    const double differ = vg.ne(vr).to(at::kFloat).mean().item<double>();
+    const bool one_step = (vg - vr).abs().le(vr.abs() / 8 + 1.0 / 512).all().item<bool>();
+    const bool ok = got.lead == ref.lead && (k.gelu ? scale_err <= 1e-6 && differ <= 1e-3 && one_step
+                                                    : scale_err == 0 && differ == 0);
+    failures += !ok;
+    std::printf("{\"check\": \"fp8 quantize %s\", \"scale_max_rel_err\": %.3g, \"values_differing\": %.3g, "
+                "\"ok\": %s}\n", k.name, scale_err, differ, ok ? "true" : "false");
+  }
+  return failures;
+}
+
+// _scaled_mm row-wise against the same fp8 numbers multiplied in float32; and how far fp8 is from the bf16 GEMM.
+int check_fp8_linear(at::Generator& gen) {
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  at::Tensor x = at::randn({2, 300, 3072}, gen).to(opts), w = (at::randn({9216, 3072}, gen) / 55).to(opts);
+  at::Tensor b = at::randn({9216}, gen).to(opts);
+  const mmdit::fp8::Weight q = mmdit::fp8::quantize_weight(w);
+  const mmdit::fp8::Rows xq = mmdit::fp8::quantize(x);
+  at::Tensor got = mmdit::fp8::linear(xq, q, b, at::kBFloat16);
+  at::Tensor ref = at::linear(xq.values.to(at::kFloat) * xq.scale.unsqueeze(1), q.values.to(at::kFloat) *
+                              q.scale.unsqueeze(1), b.to(at::kFloat)).view({2, 300, 9216});
+  const double e = rel_err(got, ref), vs_bf16 = rel_err(got, at::linear(x, w, b));
+  const bool ok = e <= 1e-2 && vs_bf16 <= 6e-2;
+  std::printf("{\"check\": \"fp8 linear 3072->9216\", \"rel_err_vs_dequantized\": %.3g, \"rel_err_vs_bf16\": %.3g, "
+              "\"ok\": %s}\n", e, vs_bf16, ok ? "true" : "false");
+  return !ok;
+}
+
+// A random FLUX transformer with --fp8: close to its bf16 output, different from it, and capturable as a step graph.
+int check_fp8_model(at::Generator& gen) {
+  torch::NoGradGuard no_grad;
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  auto rand = [&](at::IntArrayRef shape) { return at::randn(shape, gen).to(opts); };
+  mmdit::FluxTransformerConfig c;
+  c.num_layers = 2, c.num_single_layers = 2, c.attention_head_dim = 64, c.num_attention_heads = 2;
+  c.joint_attention_dim = 96, c.pooled_projection_dim = 48, c.guidance_embeds = true, c.axes_dims_rope = {8, 28, 28};
+  auto m = std::make_shared<mmdit::FluxTransformer>(c);
+  m->to(at::kCUDA, at::kBFloat16);
+  randomize(*m);
+  const at::Tensor img_ids = mmdit::flux_image_ids(16, 16, opts), txt_ids = mmdit::flux_text_ids(40, opts);
+  auto call = [&](const std::vector<at::Tensor>& in) { return m->forward(in[0], in[1], in[2], in[3], img_ids, txt_ids, in[4]); };
+  const std::vector<at::Tensor> in = {rand({1, 256, 64}), rand({1, 40, 96}), rand({1, 48}), at::rand({1}, gen).to(opts),
+                                      at::full({1}, 3.5, opts)};
+  at::Tensor bf16 = call(in);
+  m->to_fp8();
+  at::Tensor fp8 = call(in);
+  const double e = rel_err(fp8, bf16);
+  const bool ok = at::isfinite(fp8).all().item<bool>() && e > 1e-3 && e < 0.15;
+  std::printf("{\"check\": \"fp8 flux transformer\", \"rel_err_vs_bf16\": %.3g, \"ok\": %s}\n", e,
+              ok ? "true" : "false");
+  return !ok + check_model_graph(
+                   "flux fp8", [&] { return std::vector<at::Tensor>{rand({1, 256, 64}), rand({1, 40, 96}), rand({1, 48}),
+                                                                    at::rand({1}, gen).to(opts), at::full({1}, 3.5, opts)}; },
+                   call);
+}
+
 // A call that syncs with the host cannot be captured: the warm-up runs, the capture throws RuntimeFailure naming
 // --cuda-graphs. PyTorch's generators stay in capture mode after that, so this check runs last.
 int check_capture_failure(at::Generator& gen) {
@@ -295,6 +375,9 @@ int main() {
   failures += check_qkv_prepare(g);
   failures += check_step_graph(g);
   failures += check_model_graphs(g);
+  failures += check_fp8_quantize(g);
+  failures += check_fp8_linear(g);
+  failures += check_fp8_model(g);
   failures += check_capture_failure(g);  // last: it leaves PyTorch's generators in capture mode
   return failures ? 1 : 0;
 }

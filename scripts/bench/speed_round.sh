@@ -9,7 +9,12 @@
 #   sd35l sd35m flux cogvideox
 #             per-step times, bf16, random weights, same call: mmdit fused, mmdit fused with --cuda-graphs,
 #             mmdit --no-fused (same loaded pipeline), diffusers eager; with PROFILE=1 also each mmdit variant's
-#             GEMM / attention / other split (trace-0: fused, trace-1: --cuda-graphs, trace-2: --no-fused).
+#             GEMM / attention / other split (trace-0: fused, trace-1: --cuda-graphs, trace-2: --no-fused);
+#             PLAIN=1 leaves the --cuda-graphs and --no-fused variants out; with FP8=1 also mmdit --fp8 (a second load: fp8 frees the bf16 weights);
+#   fp8psnr   --fp8 against bf16 at full size: each family's image (CogVideoX: every frame) from the same random
+#             weights and seed, PSNR;
+#   fp8demo   --fp8 on the trained demo (demo/shapes-world, bf16 on CUDA): checker scores of 100 held-out captions x 2
+#             seeds with and without fp8, and the PSNR between the two sets.
 # Results: $OUT/results.jsonl, $OUT/log.txt.   scripts/bench/speed_round.sh build gpucheck parity sd35l ...
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -24,18 +29,29 @@ STEPS=${STEPS:-10}
 G=${GOLDENS:-.carry/goldens}  # the tiny golden folders (prepare_carry.sh); the controls' models may be links to them
 pair() {  # family layout args...: mmdit (fused, then --no-fused) and diffusers eager, same settings
   local fam=$1 lay=$2; shift 2
-  local prof=()
+  local prof=() variants=(--variant '--cuda-graphs' --variant '--no-fused')
+  [ -n "${PLAIN:-}" ] && variants=()
   [ -n "${PROFILE:-}" ] && mkdir -p "$OUT/prof-$w" && prof=(--profile "$OUT/prof-$w")
   $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 --steps $STEPS --warmup-steps 2 "$@" \
-    "${prof[@]}" --variant '--cuda-graphs' --variant '--no-fused' | tee -a "$R"
+    "${prof[@]}" "${variants[@]}" | tee -a "$R"
   if [ -n "${PROFILE:-}" ]; then
     for t in "$OUT/prof-$w"/trace-*.json; do
       python3 scripts/bench/profile_summary.py "$t" --steps $((STEPS - 1)) --label "$w $(basename $t)" | tee -a "$R"
     done
     rm -rf "$OUT/prof-$w"
   fi
+  [ -n "${FP8:-}" ] && $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 --steps $STEPS \
+    --warmup-steps 2 --fp8 "$@" | sed 's/"variant": ""/"variant": "--fp8"/' | tee -a "$R"
   python3 scripts/bench/bench_diffusers.py "$lay" --family "$fam" --steps $STEPS --warmup-steps 2 "$@" \
     2>>"$OUT/diffusers.err" | tee -a "$R"
+}
+fp8_psnr() {  # name layout output job-keys: the bf16 and the --fp8 output of the same random weights and seed
+  local d="$OUT/fp8-$1"; mkdir -p "$d"
+  printf '{"defaults": {"model": "%s", "device": "cuda", "dtype": "bf16", "seed": 1, "steps": %s, %s},
+    "jobs": [{"output": "%s/bf16/%s"}, {"output": "%s/fp8/%s", "fp8": true}]}' "$2" "$STEPS" "$4" "$d" "$3" "$d" "$3" \
+    > "$d/jobs.json"
+  MMDIT_RANDOM_WEIGHTS=1 $M run -q "$d/jobs.json" --report "$d/report.jsonl" > /dev/null || { echo "fp8 $1 failed"; return; }
+  python3 scripts/bench/psnr_dirs.py "fp8 $1" "$d/bf16" "$d/fp8" | tee -a "$R"
 }
 for w in "$@"; do case $w in
   build)
@@ -54,6 +70,19 @@ for w in "$@"; do case $w in
       [ -e $G/controls/$(basename $m) ] || ln -s ../$m $G/controls/$(basename $m)
     done
     python3 scripts/bench/controls_check.py "$M" $G/controls $G/controls tests/data/stg tests/data/regional | tee -a "$R" ;;
+  fp8psnr)
+    fp8_psnr sd35l $L/sd3.5-large x.png '"width": 1024, "height": 1024, "cfg": 7, "prompt": "a red fox in the snow"'
+    fp8_psnr sd35m $L/sd3.5-medium x.png '"width": 1024, "height": 1024, "cfg": 7, "prompt": "a red fox in the snow"'
+    fp8_psnr flux $L/flux-dev x.png '"width": 1024, "height": 1024, "prompt": "a red fox in the snow"'
+    fp8_psnr cogvideox $L/cogvideox-5b 'f_%03d.png' '"width": 720, "height": 480, "frames": 49, "cfg": 6, "prompt": "a red fox running in the snow"' ;;
+  fp8demo)
+    python3 scripts/shapes/evaluate.py demo/shapes-world --mmdit $M --device cuda --dtype bf16 --out "$OUT/demo-bf16" \
+      | python3 -c 'import json,sys; s=json.load(sys.stdin); print(json.dumps({"demo": "bf16", **s}))' | tee -a "$R"
+    python3 scripts/shapes/evaluate.py demo/shapes-world --mmdit $M --device cuda --dtype bf16 --set fp8=true \
+      --out "$OUT/demo-fp8" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(json.dumps({"demo": "fp8", **s}))' \
+      | tee -a "$R"
+    python3 scripts/bench/psnr_dirs.py "fp8 demo" "$OUT/demo-bf16/mmdit" "$OUT/demo-fp8/mmdit" | tee -a "$R"
+    rm -rf "$OUT/demo-bf16/mmdit" "$OUT/demo-fp8/mmdit" ;;
   sd35l) pair sd3 $L/sd3.5-large --width 1024 --height 1024 --cfg 7 ;;
   sd35m) pair sd3 $L/sd3.5-medium --width 1024 --height 1024 --cfg 7 ;;
   flux) pair flux $L/flux-dev --width 1024 --height 1024 ;;

@@ -3,10 +3,12 @@
 
     evaluate.py MODEL [--mmdit build/mmdit] [--n 100] [--seeds 0,1] [--cfg 5] [--out DIR] [--parity]
                       [--min-colour-shape F] [--min-position F] [--max-parity-diff LEVELS]
+                      [--device cuda --dtype bf16] [--set KEY=JSON ...]
 
 1. Draws --n held-out captions (world.py's held-out split, seeded: the same list train.py --eval uses).
 2. Writes one job file (a job per caption and seed; seed = s * 100000 + caption index) and runs it with
-   `mmdit run` on the CPU in float32: one process, the model loaded once.
+   `mmdit run` on the CPU in float32 (or --device/--dtype, with job keys from --set, e.g. fp8=true): one
+   process, the model loaded once.
 3. Scores every image with checker.py; writes DIR/results.json (summary + per image) and prints the summary:
    colour_shape = the fraction of caption objects found with the right colour and shape, position = the
    fraction of two-object captions whose relation holds.
@@ -41,8 +43,12 @@ def image_seed(s, i):
 
 
 def run_mmdit(a, caps, out):
-    jobs = {"defaults": {"model": str(pathlib.Path(a.model).resolve()), "steps": a.steps, "cfg": a.cfg,
-                         "device": "cpu", "dtype": "f32"},
+    defaults = {"model": str(pathlib.Path(a.model).resolve()), "steps": a.steps, "cfg": a.cfg,
+                "device": a.device, "dtype": a.dtype}
+    for kv in a.set:
+        key, _, value = kv.partition("=")
+        defaults[key] = json.loads(value)
+    jobs = {"defaults": defaults,
             "jobs": [{"prompt": c, "seed": image_seed(s, i), "output": f"mmdit/{i:04d}_s{s}.png"}
                      for s in a.seeds for i, c in enumerate(caps)]}
     (out / "jobs.json").write_text(json.dumps(jobs, indent=1))
@@ -77,6 +83,9 @@ def main(argv=None):
     ap.add_argument("--parity", action="store_true", help="also generate with diffusers and compare")
     ap.add_argument("--min-colour-shape", type=float, help="fail (exit 1) below this colour_shape fraction")
     ap.add_argument("--min-position", type=float, help="fail below this position fraction")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="f32")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a job key for every image")
     ap.add_argument("--max-parity-diff", type=int, help="fail when mmdit and diffusers differ by more levels")
     a = ap.parse_args(argv)
     a.seeds = [int(s) for s in a.seeds.split(",")]

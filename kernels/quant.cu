@@ -1,0 +1,91 @@
+// Row-wise fp8 quantization (kernels/quant.h). The reference is fp8::quantize_reference in models/fp8.cpp:
+// scale = max(amax, 1e-12) / 448 in float32, values x / scale rounded to nearest e4m3.
+#include "kernels/quant.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+namespace mmdit::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// torch's tanh-GELU, in float32 as its CUDA kernel computes it.
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float beta = 0.7978845608028654f, kappa = 0.044715f;
+  const float inner = beta * (x + kappa * x * x * x);
+  return 0.5f * x * (1.f + tanhf(inner));
+}
+
+template <class T>
+__device__ __forceinline__ void load8(const QuantSegment& s, int64_t row, int64_t c, float* v) {
+  const T* p = static_cast<const T*>(s.x) + (row / s.tokens) * s.batch_stride + (row % s.tokens) * s.row_stride + c;
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const T* h = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = s.gelu ? gelu_tanh(to_f(h[i])) : to_f(h[i]);
+}
+
+__device__ float block_max(float v, float* shared) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  float t = lane < (kThreads >> 5) ? shared[lane] : 0.f;
+  for (int o = 16; o > 0; o >>= 1) t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, o));
+  return t;
+}
+
+// One block per row: the row's amax in a first pass, then the scaled values (the second read comes from L2).
+template <class T>
+__global__ void quantize_kernel(QuantArgs a) {
+  __shared__ float shared[32];
+  const int64_t row = blockIdx.x;
+  float amax = 0.f, v[8];
+  for (int s = 0; s < a.segments; ++s)
+    for (int64_t c = int64_t(threadIdx.x) * 8; c < a.seg[s].cols; c += kThreads * 8) {
+      load8<T>(a.seg[s], row, c, v);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
+    }
+  amax = block_max(amax, shared);
+  const float scale = fmaxf(amax, 1e-12f) / 448.f;
+  if (threadIdx.x == 0) a.scale[row] = scale;
+  const int64_t width = a.seg[0].cols + (a.segments > 1 ? a.seg[1].cols : 0);
+  uint8_t* out = static_cast<uint8_t*>(a.out) + row * width;
+  for (int s = 0, offset = 0; s < a.segments; offset += int(a.seg[s].cols), ++s)
+    for (int64_t c = int64_t(threadIdx.x) * 8; c < a.seg[s].cols; c += kThreads * 8) {
+      load8<T>(a.seg[s], row, c, v);
+      uint2 packed;
+      uint8_t* q = reinterpret_cast<uint8_t*>(&packed);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) q[i] = __nv_cvt_float_to_fp8(v[i] / scale, __NV_SATFINITE, __NV_E4M3);
+      *reinterpret_cast<uint2*>(out + offset + c) = packed;
+    }
+}
+
+bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+}  // namespace
+
+bool quantize_rows(const QuantArgs& a, void* stream) {
+  if (a.dtype == DType::F32 || a.segments < 1 || a.segments > 2 || a.rows <= 0) return false;
+  for (int s = 0; s < a.segments; ++s) {
+    const QuantSegment& g = a.seg[s];
+    if (g.cols % 8 || g.row_stride % 8 || g.batch_stride % 8 || g.tokens <= 0 || !aligned(g.x, 16)) return false;
+  }
+  if (!aligned(a.out, 8)) return false;
+  auto st = static_cast<cudaStream_t>(stream);
+  if (a.dtype == DType::BF16)
+    quantize_kernel<__nv_bfloat16><<<unsigned(a.rows), kThreads, 0, st>>>(a);
+  else
+    quantize_kernel<__half><<<unsigned(a.rows), kThreads, 0, st>>>(a);
+  return cudaGetLastError() == cudaSuccess;
+}
+
+}  // namespace mmdit::kernels

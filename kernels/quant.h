@@ -1,0 +1,31 @@
+// Row-wise fp8 (e4m3) quantization of activations for the opt-in fp8 GEMMs (--fp8, models/fp8.h). Plain
+// pointers and a stream only, like kernels/fused.h; models/fp8.cpp holds the ATen reference it must match.
+#pragma once
+#include <cstdint>
+
+#include "kernels/fused.h"
+
+namespace mmdit::kernels {
+
+// Each output row is the concatenation of up to two segments' rows. Row r of a segment starts at
+// x + (r / tokens) * batch_stride + (r % tokens) * row_stride (elements), so narrowed token ranges of a
+// [B, N, C] tensor need no copy. gelu: the segment's values go through tanh-GELU first (the MLP's activation,
+// so the up projection's output is read once).
+struct QuantSegment {
+  const void* x = nullptr;
+  int64_t cols = 0, tokens = 1, row_stride = 0, batch_stride = 0;
+  bool gelu = false;
+};
+struct QuantArgs {
+  DType dtype = DType::BF16;
+  int64_t rows = 0;
+  QuantSegment seg[2];
+  int segments = 1;
+  void* out = nullptr;    // [rows, seg[0].cols + seg[1].cols] e4m3, contiguous
+  float* scale = nullptr;  // [rows]: amax / 448 (at least 1e-12 / 448), so that row ~= out * scale
+};
+// Returns false when a segment's cols or strides are not multiples of 8, or a pointer is not 16-byte aligned:
+// use the reference.
+bool quantize_rows(const QuantArgs& a, void* stream);
+
+}  // namespace mmdit::kernels

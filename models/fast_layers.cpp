@@ -1,0 +1,57 @@
+#include "models/fast_layers.h"
+
+#include "models/fused_ops.h"
+
+namespace mmdit::nn {
+
+bool QkvProjection::fuse(Linear& a, Linear& b, Linear& c) {
+  if (weight.defined()) return true;
+  if (a.is_empty() || b.is_empty() || c.is_empty()) return false;
+  std::tie(weight, bias) = fused::fuse_linears(a, b, c);
+  return weight.defined();
+}
+
+at::Tensor QkvProjection::operator()(const at::Tensor& x, const fp8::Rows* xq) const {
+  if (!q.defined()) return at::linear(x, weight, opt(bias));
+  return xq ? fp8::linear(*xq, q, bias, x.scalar_type()) : fp8::linear(x, q, bias);
+}
+
+void QkvProjection::to_fp8(Linear& a, Linear& b, Linear& c) {
+  if (q.defined() || !fuse(a, b, c) || !fp8::fits(weight)) return;
+  q = fp8::quantize_weight(weight);
+  int64_t row = 0;
+  for (Linear* l : {&a, &b, &c}) {
+    const int64_t n = (*l)->weight.size(0);
+    (*l)->q = q.rows(row, n);
+    row += n;
+    fp8::release((*l)->weight);
+  }
+  fp8::release(weight);
+}
+
+at::Tensor feed_forward_fused(FeedForward& ff, const at::Tensor& x) {
+  Linear& up = ff.gelu->proj;
+  if (up->q.defined() && ff.out->q.defined()) {
+    at::Tensor h = fp8::linear(x, up->q, up->bias);
+    return fp8::linear(fp8::quantize(h, /*gelu=*/true), ff.out->q, ff.out->bias, x.scalar_type());
+  }
+  return ff.out(fused::linear_gelu(x, up->weight, up->bias));
+}
+
+void linears_to_fp8(torch::nn::Module& block) {
+  for (const auto& item : block.named_modules("", /*include_self=*/false)) {
+    auto* linear = item.value()->as<LinearImpl>();
+    if (!linear) continue;
+    bool adaln = false;
+    size_t begin = 0;
+    const std::string& name = item.key();
+    while (begin <= name.size()) {
+      const size_t end = std::min(name.find('.', begin), name.size());
+      if (name.compare(begin, 4, "norm") == 0) adaln = true;
+      begin = end + 1;
+    }
+    if (!adaln) linear->to_fp8();
+  }
+}
+
+}  // namespace mmdit::nn
