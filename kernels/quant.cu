@@ -1,5 +1,5 @@
 // Row-wise fp8 quantization (kernels/quant.h). The reference is fp8::quantize_reference in models/fp8.cpp:
-// scale = max(amax, 1e-12) / 448 in float32, values x / scale rounded to nearest e4m3.
+// scale = max(amax, 1e-12) * (1 / 448) in float32, values x / scale rounded to nearest e4m3.
 #include "kernels/quant.h"
 
 #include <cuda_bf16.h>
@@ -54,7 +54,7 @@ __global__ void quantize_kernel(QuantArgs a) {
       for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
     }
   amax = block_max(amax, shared);
-  const float scale = fmaxf(amax, 1e-12f) / 448.f;
+  const float scale = fmaxf(amax, 1e-12f) * (1.f / 448.f);  // as ATen divides by a scalar: times its reciprocal
   if (threadIdx.x == 0) a.scale[row] = scale;
   const int64_t width = a.seg[0].cols + (a.segments > 1 ? a.seg[1].cols : 0);
   uint8_t* out = static_cast<uint8_t*>(a.out) + row * width;

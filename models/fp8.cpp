@@ -62,7 +62,7 @@ bool fits(const at::Tensor& w) { return w.dim() == 2 && w.size(0) % 16 == 0 && w
 Weight quantize_weight(const at::Tensor& w) {
   at::NoGradGuard no_grad;
   at::Tensor f = w.to(at::kFloat);
-  at::Tensor scale = f.abs().amax(1).clamp_min(1e-12) / kMax;
+  at::Tensor scale = f.abs().amax(1).clamp_min(1e-12) * (1.0 / kMax);  // a product, as the kernel (and ATen on CUDA) compute it
   return {(f / scale.unsqueeze(1)).to(at::kFloat8_e4m3fn), scale};
 }
 
@@ -73,7 +73,7 @@ Rows quantize_reference(const at::Tensor& a, const at::Tensor& c, bool gelu_c, b
   };
   at::Tensor f = rows(a, gelu_a);
   if (c.defined()) f = at::cat({f, rows(c, gelu_c)}, 1);
-  at::Tensor scale = f.abs().amax(1).clamp_min(1e-12) / kMax;
+  at::Tensor scale = f.abs().amax(1).clamp_min(1e-12) * (1.0 / kMax);
   return {(f / scale.unsqueeze(1)).to(at::kFloat8_e4m3fn), scale, lead_of(a)};
 }
 

@@ -48,10 +48,11 @@ pair() {  # family layout args...: mmdit (fused, then --no-fused) and diffusers 
 fp8_psnr() {  # name layout output job-keys: the bf16 and the --fp8 output of the same random weights and seed
   local d="$OUT/fp8-$1"; mkdir -p "$d"
   printf '{"defaults": {"model": "%s", "device": "cuda", "dtype": "bf16", "seed": 1, "steps": %s, %s},
-    "jobs": [{"output": "%s/bf16/%s"}, {"output": "%s/fp8/%s", "fp8": true}]}' "$2" "$STEPS" "$4" "$d" "$3" "$d" "$3" \
+    "jobs": [{"output": "%s/bf16/%s"}, {"output": "%s/fp8/%s", "fp8": true}]}' "$PWD/$2" "$STEPS" "$4" "$d" "$3" "$d" "$3" \
     > "$d/jobs.json"
   MMDIT_RANDOM_WEIGHTS=1 $M run -q "$d/jobs.json" --report "$d/report.jsonl" > /dev/null || { echo "fp8 $1 failed"; return; }
   python3 scripts/bench/psnr_dirs.py "fp8 $1" "$d/bf16" "$d/fp8" | tee -a "$R"
+  rm -rf "$d/bf16" "$d/fp8"
 }
 for w in "$@"; do case $w in
   build)
