@@ -43,14 +43,8 @@ void linears_to_fp8(torch::nn::Module& block) {
   for (const auto& item : block.named_modules("", /*include_self=*/false)) {
     auto* linear = item.value()->as<LinearImpl>();
     if (!linear) continue;
-    bool adaln = false;
-    size_t begin = 0;
     const std::string& name = item.key();
-    while (begin <= name.size()) {
-      const size_t end = std::min(name.find('.', begin), name.size());
-      if (name.compare(begin, 4, "norm") == 0) adaln = true;
-      begin = end + 1;
-    }
+    const bool adaln = name.rfind("norm", 0) == 0 || name.find(".norm") != std::string::npos;
     if (!adaln) linear->to_fp8();
   }
 }

@@ -77,21 +77,19 @@ Rows quantize_reference(const at::Tensor& a, const at::Tensor& c, bool gelu_c, b
   return {(f / scale.unsqueeze(1)).to(at::kFloat8_e4m3fn), scale, lead_of(a)};
 }
 
-Rows quantize(const at::Tensor& x, bool gelu) {
+namespace {
+// [a | c] by rows (c may be undefined): the kernel where it runs, else the reference.
+Rows quantize_rows(const at::Tensor& a, bool gelu_a, const at::Tensor& c, bool gelu_c) {
 #if MMDIT_HAVE_FUSED_KERNELS
   Rows r;
-  if (quantize_kernel(x, gelu, {}, false, r)) return r;
+  if (quantize_kernel(a, gelu_a, c, gelu_c, r)) return r;
 #endif
-  return quantize_reference(x, {}, false, gelu);
+  return quantize_reference(a, c, gelu_c, gelu_a);
 }
+}  // namespace
 
-Rows quantize(const at::Tensor& a, const at::Tensor& c, bool gelu_c) {
-#if MMDIT_HAVE_FUSED_KERNELS
-  Rows r;
-  if (quantize_kernel(a, false, c, gelu_c, r)) return r;
-#endif
-  return quantize_reference(a, c, gelu_c, false);
-}
+Rows quantize(const at::Tensor& x, bool gelu) { return quantize_rows(x, gelu, {}, false); }
+Rows quantize(const at::Tensor& a, const at::Tensor& c, bool gelu_c) { return quantize_rows(a, false, c, gelu_c); }
 
 at::Tensor linear(const Rows& x, const Weight& w, const at::Tensor& bias, at::ScalarType out) {
   std::vector<int64_t> shape = x.lead;

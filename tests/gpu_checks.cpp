@@ -201,6 +201,30 @@ void randomize(Model& m) {
     if (b.is_floating_point()) b.normal_(0.0, 0.5, std::nullopt);
 }
 
+// A small random FLUX transformer (bf16, CUDA, guidance-distilled) and fresh inputs for one step of it.
+struct SmallFlux {
+  at::TensorOptions opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  std::shared_ptr<mmdit::FluxTransformer> m;
+  at::Tensor img_ids = mmdit::flux_image_ids(16, 16, opts), txt_ids = mmdit::flux_text_ids(40, opts);
+  SmallFlux() {
+    mmdit::FluxTransformerConfig c;
+    c.num_layers = 2, c.num_single_layers = 2, c.attention_head_dim = 64, c.num_attention_heads = 2;
+    c.joint_attention_dim = 96, c.pooled_projection_dim = 48, c.guidance_embeds = true, c.axes_dims_rope = {8, 28, 28};
+    m = std::make_shared<mmdit::FluxTransformer>(c);
+    m->to(at::kCUDA, at::kBFloat16);
+    randomize(*m);
+  }
+  std::vector<at::Tensor> inputs(at::Generator& gen) const {
+    auto rand = [&](at::IntArrayRef shape) { return at::randn(shape, gen).to(opts); };
+    return {rand({1, 256, 64}), rand({1, 40, 96}), rand({1, 48}), at::rand({1}, gen).to(opts), at::full({1}, 3.5, opts)};
+  }
+  mmdit::StepGraph::Call call() const {
+    return [this](const std::vector<at::Tensor>& in) {
+      return m->forward(in[0], in[1], in[2], in[3], img_ids, txt_ids, in[4]);
+    };
+  }
+};
+
 int check_model_graphs(at::Generator& gen) {
   torch::NoGradGuard no_grad;
   const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
@@ -220,19 +244,8 @@ int check_model_graphs(at::Generator& gen) {
         [&](const std::vector<at::Tensor>& in) { return m->forward(in[0], in[1], in[2], in[3]); });
   }
   {
-    mmdit::FluxTransformerConfig c;
-    c.num_layers = 2, c.num_single_layers = 2, c.attention_head_dim = 64, c.num_attention_heads = 2;
-    c.joint_attention_dim = 96, c.pooled_projection_dim = 48, c.guidance_embeds = true, c.axes_dims_rope = {8, 28, 28};
-    auto m = std::make_shared<mmdit::FluxTransformer>(c);
-    m->to(at::kCUDA, at::kBFloat16);
-    randomize(*m);
-    const at::Tensor img_ids = mmdit::flux_image_ids(16, 16, opts), txt_ids = mmdit::flux_text_ids(40, opts);
-    failures += check_model_graph(
-        "flux", [&] { return std::vector<at::Tensor>{rand({1, 256, 64}), rand({1, 40, 96}), rand({1, 48}),
-                                                     at::rand({1}, gen).to(opts), at::full({1}, 3.5, opts)}; },
-        [&](const std::vector<at::Tensor>& in) {
-          return m->forward(in[0], in[1], in[2], in[3], img_ids, txt_ids, in[4]);
-        });
+    SmallFlux flux;
+    failures += check_model_graph("flux", [&] { return flux.inputs(gen); }, flux.call());
   }
   return failures;
 }
@@ -289,29 +302,16 @@ int check_fp8_linear(at::Generator& gen) {
 // A random FLUX transformer with --fp8: close to its bf16 output, different from it, and capturable as a step graph.
 int check_fp8_model(at::Generator& gen) {
   torch::NoGradGuard no_grad;
-  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
-  auto rand = [&](at::IntArrayRef shape) { return at::randn(shape, gen).to(opts); };
-  mmdit::FluxTransformerConfig c;
-  c.num_layers = 2, c.num_single_layers = 2, c.attention_head_dim = 64, c.num_attention_heads = 2;
-  c.joint_attention_dim = 96, c.pooled_projection_dim = 48, c.guidance_embeds = true, c.axes_dims_rope = {8, 28, 28};
-  auto m = std::make_shared<mmdit::FluxTransformer>(c);
-  m->to(at::kCUDA, at::kBFloat16);
-  randomize(*m);
-  const at::Tensor img_ids = mmdit::flux_image_ids(16, 16, opts), txt_ids = mmdit::flux_text_ids(40, opts);
-  auto call = [&](const std::vector<at::Tensor>& in) { return m->forward(in[0], in[1], in[2], in[3], img_ids, txt_ids, in[4]); };
-  const std::vector<at::Tensor> in = {rand({1, 256, 64}), rand({1, 40, 96}), rand({1, 48}), at::rand({1}, gen).to(opts),
-                                      at::full({1}, 3.5, opts)};
-  at::Tensor bf16 = call(in);
-  m->to_fp8();
-  at::Tensor fp8 = call(in);
+  SmallFlux flux;
+  const auto in = flux.inputs(gen);
+  at::Tensor bf16 = flux.call()(in);
+  flux.m->to_fp8();
+  at::Tensor fp8 = flux.call()(in);
   const double e = rel_err(fp8, bf16);
   const bool ok = at::isfinite(fp8).all().item<bool>() && e > 1e-3 && e < 0.15;
   std::printf("{\"check\": \"fp8 flux transformer\", \"rel_err_vs_bf16\": %.3g, \"ok\": %s}\n", e,
               ok ? "true" : "false");
-  return !ok + check_model_graph(
-                   "flux fp8", [&] { return std::vector<at::Tensor>{rand({1, 256, 64}), rand({1, 40, 96}), rand({1, 48}),
-                                                                    at::rand({1}, gen).to(opts), at::full({1}, 3.5, opts)}; },
-                   call);
+  return !ok + check_model_graph("flux fp8", [&] { return flux.inputs(gen); }, flux.call());
 }
 
 // A call that syncs with the host cannot be captured: the warm-up runs, the capture throws RuntimeFailure naming

@@ -105,54 +105,82 @@ TEST(Controls, StgEqualsTheOfficialPipeline) { expect_official_cases("stg"); }
 // FLUX of the goldens (scripts/reference/regional_official.py; the official code cannot be fetched in CI).
 TEST(Controls, RegionsEqualTheOfficialPipeline) { expect_official_cases("regional"); }
 
+// The official transformer case (tests/data/regional): the tiny FLUX of the goldens, its inputs at the first step of
+// the first case, and that case's two halves.
+struct RegionalTransformerCase {
+  test::GoldenFile g{test::source_dir() / "tests" / "data" / "regional" / "transformer_io.safetensors"};
+  std::shared_ptr<FluxTransformer> flux = FluxTransformer::load(golden() / "tiny-flux-dev" / "transformer", at::kCPU,
+                                                                at::kFloat);
+  ModelShape shape;
+  GenerateRequest r;
+  at::Tensor regional = g["encoder_hidden_states"], base = g["encoder_hidden_states_base"];
+
+  RegionalTransformerCase() {
+    const auto& c = flux->config();
+    shape = {"flux", int(c.num_layers + c.num_single_layers), int(c.num_layers), int(c.num_attention_heads)};
+    r.width = r.height = 128;
+    r.max_sequence_length = 512;
+    r.prompt = "a small red circle above a blue square";
+    r.regions = {{0, 0, 64, 128, "", "a red circle"}, {64, 0, 128, 128, "", "a blue square"}};
+  }
+  // A regional step's context for `control` (begun on the 8x8 grid): the cond row, and the base row when asked.
+  ControlContext context(Control& control, bool base_row) const {
+    GenerationInfo info;
+    info.grid_h = info.grid_w = 8;
+    control.begin(info);
+    ControlContext ctx;
+    ctx.model = shape;
+    ctx.step = 0;
+    ctx.num_steps = 4;
+    ctx.rows = {{Branch::Cond, 0, 0.0, 0, 1}};
+    if (base_row) ctx.rows.push_back({Branch::Base, 0, 0.0, 1, 2});
+    ctx.region_text = true;
+    ctx.controls = {&control};
+    return ctx;
+  }
+  // The transformer on ctx's rows: the regions' text for the cond row, the base prompt padded for the base row.
+  at::Tensor forward(const ControlContext& ctx) const {
+    const int64_t n = int64_t(ctx.rows.size());
+    at::Tensor text = regional;
+    if (n == 2) text = at::cat({regional, at::constant_pad_nd(base, {0, 0, 0, regional.size(1) - base.size(1)})});
+    auto rows = [&](const at::Tensor& t) { return t.repeat_interleave(n, 0); };
+    return flux->forward(rows(g["hidden_states"]), text, rows(g["pooled"]), rows(g["timestep"]), g["img_ids"],
+                         flux_text_ids(text.size(1), text.options()), rows(g["guidance"]), &ctx);
+  }
+  // The plain transformer on the base prompt.
+  at::Tensor plain() const {
+    return flux->forward(g["hidden_states"], base, g["pooled"], g["timestep"], g["img_ids"],
+                         flux_text_ids(base.size(1), base.options()), g["guidance"]);
+  }
+};
+
 // The same at the transformer: the official FluxTransformer2DModel with its base stream, at the first step of
 // the first case, against mmdit's transformer with the regions control on the rows [cond, base]; both attention
 // paths (the regions split the image: dense calls per region by default, the official masked call for comparison).
 TEST(Controls, RegionsEqualTheOfficialTransformer) {
-  test::GoldenFile g(test::source_dir() / "tests" / "data" / "regional" / "transformer_io.safetensors");
   torch::NoGradGuard ng;
-  auto flux = FluxTransformer::load(golden() / "tiny-flux-dev" / "transformer", at::kCPU, at::kFloat);
-  const auto& c = flux->config();
-  const ModelShape shape{"flux", int(c.num_layers + c.num_single_layers), int(c.num_layers), int(c.num_attention_heads)};
-  GenerateRequest r;
-  r.width = r.height = 128;
-  r.max_sequence_length = 512;
-  r.prompt = "a small red circle above a blue square";
-  r.regions = {{0, 0, 64, 128, "", "a red circle"}, {64, 0, 128, 128, "", "a blue square"}};
-  auto controls = make_controls(r, shape);
+  RegionalTransformerCase k;
+  auto controls = make_controls(k.r, k.shape);
   ASSERT_EQ(controls.size(), 1u);
-  GenerationInfo info;
-  info.grid_h = info.grid_w = 8;
-  controls[0]->begin(info);
-  ControlContext ctx;
-  ctx.model = shape;
-  ctx.step = 0;
-  ctx.num_steps = 4;
-  ctx.rows = {{Branch::Cond, 0, 0.0, 0, 1}, {Branch::Base, 0, 0.0, 1, 2}};
-  ctx.region_text = true;
-  ctx.controls = {controls[0].get()};
-  at::Tensor regional = g["encoder_hidden_states"], base = g["encoder_hidden_states_base"];
-  ASSERT_EQ(regional.size(1), 1024);
-  at::Tensor text = at::cat({regional, at::constant_pad_nd(base, {0, 0, 0, regional.size(1) - base.size(1)})});
-  auto two = [](const at::Tensor& t) { return at::cat({t, t}); };
-  at::Tensor x = two(g["hidden_states"]), pooled = two(g["pooled"]), t = two(g["timestep"]), gd = two(g["guidance"]);
+  const ControlContext ctx = k.context(*controls[0], /*base_row=*/true);
+  ASSERT_EQ(k.regional.size(1), 1024);
   std::vector<at::Tensor> outs;
   for (RegionKernel kernel : {RegionKernel::Dense, RegionKernel::Mask}) {
     set_region_kernel(kernel);
-    outs.push_back(flux->forward(x, text, pooled, t, g["img_ids"], flux_text_ids(1024, x.options()), gd, &ctx));
-    const double e = test::rel_err(outs.back().narrow(0, 0, 1), g["out"]);
+    outs.push_back(k.forward(ctx));
+    const double e = test::rel_err(outs.back().narrow(0, 0, 1), k.g["out"]);
     std::printf("[controls] regional FLUX transformer (%s) rel err %.3g\n", kernel == RegionKernel::Dense ? "dense" : "mask", e);
     EXPECT_LE(e, 1e-4);
   }
   set_region_kernel(RegionKernel::Dense);
   // The fast path's structure (fused::Mode::Reference) computes the base row's image stream once in the double
   // blocks, where it is the cond row's (BlockPlan::image_copies), and both streams in the single blocks.
+  const int double_layers = int(k.flux->config().num_layers);
   EXPECT_EQ(block_plan(&ctx, 0).image_copies, std::vector<int64_t>{0});
-  EXPECT_TRUE(block_plan(&ctx, int(c.num_layers)).image_copies.empty());
+  EXPECT_TRUE(block_plan(&ctx, double_layers).image_copies.empty());
   {
     fused::ModeGuard fast(fused::Mode::Reference);
-    at::Tensor y = flux->forward(x, text, pooled, t, g["img_ids"], flux_text_ids(1024, x.options()), gd, &ctx);
-    const double e = test::rel_err(y, outs[0]);
+    const double e = test::rel_err(k.forward(ctx), outs[0]);
     std::printf("[controls] regional FLUX transformer, fast path against plain rel err %.3g\n", e);
     EXPECT_LE(e, 1e-5);
   }
@@ -161,53 +189,24 @@ TEST(Controls, RegionsEqualTheOfficialTransformer) {
   EXPECT_LE(paths, 1e-5);  // the same attention, two ways
   EXPECT_GT(paths, 0.0);   // and two different computations (the dense path ran)
   // The plain transformer on the base prompt is far from it: the test can tell.
-  at::Tensor plain = flux->forward(g["hidden_states"], base, g["pooled"], g["timestep"], g["img_ids"],
-                                   flux_text_ids(base.size(1), x.options()), g["guidance"]);
-  EXPECT_GT(test::rel_err(plain, g["out"]), 0.01);  // measured 0.032, against the 1e-4 tolerance
+  EXPECT_GT(test::rel_err(k.plain(), k.g["out"]), 0.01);  // measured 0.032, against the 1e-4 tolerance
 }
 
 // --region-base-ratio 0: the blend takes nothing of the base rows, so the batch leaves them out (one row per image)
 // and the cond row is the one of a batch with them at a ratio of 1e-9; on the plain and on the fast path.
 TEST(Controls, RegionsWithoutBaseRatioLeaveTheBaseRowsOut) {
-  test::GoldenFile g(test::source_dir() / "tests" / "data" / "regional" / "transformer_io.safetensors");
   torch::NoGradGuard ng;
-  auto flux = FluxTransformer::load(golden() / "tiny-flux-dev" / "transformer", at::kCPU, at::kFloat);
-  const auto& c = flux->config();
-  const ModelShape shape{"flux", int(c.num_layers + c.num_single_layers), int(c.num_layers), int(c.num_attention_heads)};
-  GenerateRequest r;
-  r.width = r.height = 128;
-  r.max_sequence_length = 512;
-  r.prompt = "a small red circle above a blue square";
-  r.regions = {{0, 0, 64, 128, "", "a red circle"}, {64, 0, 128, 128, "", "a blue square"}};
-  at::Tensor regional = g["encoder_hidden_states"], base = g["encoder_hidden_states_base"];
+  RegionalTransformerCase k;
   auto output = [&](double ratio) {
-    r.region_base_ratio = ratio;
-    auto controls = make_controls(r, shape);
+    k.r.region_base_ratio = ratio;
+    auto controls = make_controls(k.r, k.shape);
     EXPECT_EQ(controls[0]->wants_base_rows(0), ratio > 0);
     EXPECT_TRUE(controls[0]->wants_region_text(0));
-    EXPECT_FALSE(controls[0]->wants_region_text(r.region_steps));
-    GenerationInfo info;
-    info.grid_h = info.grid_w = 8;
-    controls[0]->begin(info);
-    ControlContext ctx;
-    ctx.model = shape;
-    ctx.step = 0;
-    ctx.num_steps = 4;
-    ctx.region_text = true;
-    ctx.rows = {{Branch::Cond, 0, 0.0, 0, 1}};
-    if (ratio > 0) ctx.rows.push_back({Branch::Base, 0, 0.0, 1, 2});
-    ctx.controls = {controls[0].get()};
-    const int64_t n = int64_t(ctx.rows.size());
-    at::Tensor text = regional;
-    if (n == 2) text = at::cat({regional, at::constant_pad_nd(base, {0, 0, 0, regional.size(1) - base.size(1)})});
-    auto rows = [&](const at::Tensor& t) { return t.repeat_interleave(n, 0); };
-    return flux->forward(rows(g["hidden_states"]), text, rows(g["pooled"]), rows(g["timestep"]), g["img_ids"],
-                         flux_text_ids(1024, text.options()), rows(g["guidance"]), &ctx).narrow(0, 0, 1);
+    EXPECT_FALSE(controls[0]->wants_region_text(k.r.region_steps));
+    return k.forward(k.context(*controls[0], /*base_row=*/ratio > 0)).narrow(0, 0, 1);
   };
-  at::Tensor without = output(0.0), with = output(1e-9);
+  at::Tensor without = output(0.0), with = output(1e-9), plain = k.plain();
   const double e = test::rel_err(without, with);
-  at::Tensor plain = flux->forward(g["hidden_states"], base, g["pooled"], g["timestep"], g["img_ids"],
-                                   flux_text_ids(base.size(1), base.options()), g["guidance"]);
   std::printf("[controls] regional, base ratio 0 without base rows against 1e-9 with them: rel err %.3g (plain %.3g)\n",
               e, test::rel_err(without, plain));
   EXPECT_LE(e, 1e-6);

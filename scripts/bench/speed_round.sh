@@ -77,11 +77,12 @@ for w in "$@"; do case $w in
     fp8_psnr flux $L/flux-dev x.png '"width": 1024, "height": 1024, "prompt": "a red fox in the snow"'
     fp8_psnr cogvideox $L/cogvideox-5b 'f_%03d.png' '"width": 720, "height": 480, "frames": 49, "cfg": 6, "prompt": "a red fox running in the snow"' ;;
   fp8demo)
-    python3 scripts/shapes/evaluate.py demo/shapes-world --mmdit $M --device cuda --dtype bf16 --out "$OUT/demo-bf16" \
-      | python3 -c 'import json,sys; s=json.load(sys.stdin); print(json.dumps({"demo": "bf16", **s}))' | tee -a "$R"
-    python3 scripts/shapes/evaluate.py demo/shapes-world --mmdit $M --device cuda --dtype bf16 --set fp8=true \
-      --out "$OUT/demo-fp8" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(json.dumps({"demo": "fp8", **s}))' \
-      | tee -a "$R"
+    for v in bf16 fp8; do
+      python3 scripts/shapes/evaluate.py demo/shapes-world --mmdit $M --device cuda --dtype bf16 --out "$OUT/demo-$v" \
+        $( [ $v = fp8 ] && echo --set fp8=true ) \
+        | V=$v python3 -c 'import json,os,sys; print(json.dumps({"demo": os.environ["V"], **json.load(sys.stdin)}))' \
+        | tee -a "$R"
+    done
     python3 scripts/bench/psnr_dirs.py "fp8 demo" "$OUT/demo-bf16/mmdit" "$OUT/demo-fp8/mmdit" | tee -a "$R"
     rm -rf "$OUT/demo-bf16/mmdit" "$OUT/demo-fp8/mmdit" ;;
   sd35l) pair sd3 $L/sd3.5-large --width 1024 --height 1024 --cfg 7 ;;
