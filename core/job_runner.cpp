@@ -31,7 +31,8 @@ std::string first_line(std::string s) {
 }
 
 std::string pipeline_key(const GenerateRequest& r) {
-  return r.model + '\n' + r.clip_l + '\n' + r.clip_g + '\n' + r.t5 + '\n' + r.tokenizer_dir + '\n' + r.device + '\n' + r.dtype + (r.fp8 ? "\nfp8" : "");
+  return r.model + '\n' + r.clip_l + '\n' + r.clip_g + '\n' + r.t5 + '\n' + r.tokenizer_dir + '\n' + r.device + '\n' + r.dtype + (r.fp8 ? "\nfp8" : "") +
+         (r.fp8_attention ? "\nfp8_attention" : "");
 }
 
 bool all_exist(const std::vector<std::string>& paths) {

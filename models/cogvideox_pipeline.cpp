@@ -79,6 +79,7 @@ CogVideoXPipeline::CogVideoXPipeline(const GenerateRequest& r, const ModelInfo& 
       device_(parse_device(r.device)),
       dtype_(pick_dtype(r.dtype, device_)) {
   if (r.fp8) fp8::require(device_, dtype_);
+  if (r.fp8_attention) fp8::refuse_attention("CogVideoX");
   if (m.kind != ModelKind::PipelineFolder)
     throw UsageError("--model " + r.model + ": CogVideoX needs the diffusers pipeline folder (with model_index.json)");
   const ComponentInfo& sched = m.require("scheduler");

@@ -128,6 +128,7 @@ class FluxPipelineImpl : public Pipeline {
       : src_(find_sources(r, m)), name_(m.variant.empty() ? "flux" : m.variant), device_(parse_device(r.device)),
         dtype_(pick_dtype(r.dtype, device_)) {
     if (r.fp8) fp8::require(device_, dtype_);
+    if (r.fp8_attention) fp8::require_attention(r.fp8);
     tok_l_ = ClipTokenizer::load(src_.tok_l);
     tok_t5_ = T5Tokenizer::load(src_.tok_t5);
     if (src_.single_file) {
@@ -137,7 +138,7 @@ class FluxPipelineImpl : public Pipeline {
     } else {
       transformer_ = FluxTransformer::load(src_.transformer_dir, device_, dtype_);
     }
-    if (r.fp8) transformer_->to_fp8();
+    if (r.fp8) transformer_->to_fp8(r.fp8_attention);
     if (src_.vae_in_single_file || (!src_.vae.empty() && !fs::is_directory(src_.vae))) {
       WeightStore store = src_.vae_in_single_file ? *src_.single_file : WeightStore::open(src_.vae);
       VaeConfig vc = infer_vae_config(store);

@@ -9,6 +9,7 @@
 #include "core/config_fields.h"
 #include "controls/control.h"
 #include "core/attention.h"
+#include "core/attention_fp8.h"
 #include "core/errors.h"
 #include "core/parallel.h"
 #include "core/torch_util.h"
@@ -102,7 +103,7 @@ struct FluxAttention : torch::nn::Module {
 
   // The fast path (models/fused_ops.h): one QKV GEMM per stream; QK norm and RoPE written straight into the
   // joint [text, image] buffers. Double blocks: {image output, text output}; single blocks: {attention
-  // output [B, N, inner] before any projection, {}}.
+  // output [B, N, inner] before any projection, {}}, or with fp8 attention {its e4m3 output, its descale [1]}.
   // x may lack the last rows of ctx: rows that repeat the image rows `copies` (BlockPlan::image_copies); the image
   // output then has x's rows. xq: x already quantized for --fp8 (single blocks share it with their MLP).
   std::pair<at::Tensor, at::Tensor> forward_fused(const at::Tensor& x, const at::Tensor& ctx, const at::Tensor& cos,
@@ -121,16 +122,32 @@ struct FluxAttention : torch::nn::Module {
     fused::qkv_prepare(qkv(x, xq), norm_spec(norm_q, norm_k), cos, sin, 0, head, n_txt);
     fused::copy_image_rows(buf, n_txt, n, copies);
     desc.heads = heads;
+    if (fp8_attention)
+      if (auto o8 = attention_fp8(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc)) {
+        if (!ctx.defined()) return {o8->values, o8->descale};
+        const at::ScalarType dtype = x.scalar_type();
+        return {project(to_out, o8->values.narrow(0, 0, own).narrow(1, n_txt, n - n_txt), o8->descale, dtype),
+                project(to_add_out, o8->values.narrow(1, 0, n_txt), o8->descale, dtype)};
+      }
     at::Tensor o = attention(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc);
     o = o.transpose(1, 2).reshape({batch, n, heads * head_dim});
     if (!ctx.defined()) return {o, at::Tensor()};
     return {to_out(o.narrow(0, 0, own).narrow(1, n_txt, n - n_txt)), to_add_out(o.narrow(1, 0, n_txt))};
   }
 
+  // An output projection of the fp8 attention's e4m3 values: straight into the fp8 GEMM, or dequantized where
+  // the layer stayed bf16.
+  static at::Tensor project(nn::Linear& l, const at::Tensor& values, const at::Tensor& descale, at::ScalarType dtype) {
+    if (l->q.defined()) return fp8::linear(fp8::rows_of(values, descale), l->q, l->bias, dtype);
+    return l((values.to(at::kFloat) * descale).to(dtype));
+  }
+
   // --fp8 (models/fp8.h): the fused projections as e4m3; to_out and to_add_out go with the block's other layers.
-  void to_fp8() {
+  // attention: --fp8-attention (core/attention_fp8.h) on the fast path.
+  void to_fp8(bool attention) {
     qkv.to_fp8(to_q, to_k, to_v);
     add_qkv.to_fp8(add_q_proj, add_k_proj, add_v_proj);
+    fp8_attention = attention;
   }
 
   static fused::QkNormSpec norm_spec(const std::shared_ptr<TorchRMSNorm>& nq, const std::shared_ptr<TorchRMSNorm>& nk) {
@@ -147,6 +164,7 @@ struct FluxAttention : torch::nn::Module {
   std::shared_ptr<TorchRMSNorm> norm_q, norm_k, norm_added_q, norm_added_k;
   torch::nn::ModuleList to_out_list{nullptr};
   nn::QkvProjection qkv, add_qkv;  // the fast path's fused projections
+  bool fp8_attention = false;
 };
 
 at::Tensor clip_fp16(const at::Tensor& x) {
@@ -263,8 +281,10 @@ struct FluxSingleBlock : torch::nn::Module {
       // --fp8: nx quantized once for the MLP and the QKV GEMMs; [attention | GELU(mlp)] quantized as one row.
       const fp8::Rows nxq = fp8::quantize(nx);
       at::Tensor mlp = fp8::linear(nxq, proj_mlp->q, proj_mlp->bias, x.scalar_type());
-      at::Tensor a = attn->forward_fused(nx, at::Tensor(), cos, sin, desc, {}, &nxq).first;
-      at::Tensor y = fp8::linear(fp8::quantize(a, mlp, /*gelu_c=*/true), proj_out->q, proj_out->bias, x.scalar_type());
+      auto [a, a_scale] = attn->forward_fused(nx, at::Tensor(), cos, sin, desc, {}, &nxq);
+      const fp8::Rows aq = a_scale.defined() ? fp8::quantize(a, a_scale, mlp, /*gelu_c=*/true)
+                                             : fp8::quantize(a, mlp, /*gelu_c=*/true);
+      at::Tensor y = fp8::linear(aq, proj_out->q, proj_out->bias, x.scalar_type());
       return clip_fp16(fused::residual(x, m[2], y));
     }
     at::Tensor mlp = fused::linear_gelu(nx, proj_mlp->weight, proj_mlp->bias);
@@ -320,13 +340,13 @@ FluxTransformer::FluxTransformer(const FluxTransformerConfig& c) : config_(c) {
   proj_out_ = register_module("proj_out", nn::Linear(dim, c.patch_size * c.patch_size * c.out_channels).ptr());
 }
 
-void FluxTransformer::to_fp8() {
+void FluxTransformer::to_fp8(bool attention) {
   for (auto& b : blocks_) {
-    b->attn->to_fp8();
+    b->attn->to_fp8(attention);
     nn::linears_to_fp8(*b);
   }
   for (auto& b : single_blocks_) {
-    b->attn->to_fp8();
+    b->attn->to_fp8(attention);
     nn::linears_to_fp8(*b);
   }
 }

@@ -66,8 +66,9 @@ class FluxTransformer : public torch::nn::Module {
   const FluxTransformerConfig& config() const { return config_; }
 
   // --fp8 (models/fp8.h): the blocks' linear layers (not the adaLN ones) become e4m3 GEMMs; their bf16 weights
-  // are freed, so a model without fp8 must be loaded again.
-  void to_fp8();
+  // are freed, so a model without fp8 must be loaded again. attention: the fast path's attention in fp8 too
+  // (--fp8-attention, core/attention_fp8.h).
+  void to_fp8(bool attention = false);
 
   static std::shared_ptr<FluxTransformer> load(const std::filesystem::path& component_dir, at::Device device,
                                                at::ScalarType dtype);

@@ -2,6 +2,7 @@
 
 #include <c10/core/GradMode.h>
 
+#include "core/attention_fp8.h"
 #include "core/errors.h"
 #include "models/fused_ops.h"
 
@@ -37,13 +38,16 @@ bool segment_of(const at::Tensor& t, bool gelu, kernels::QuantSegment& s) {
 }
 
 // The kernel where it is built and the fast path is on (not --no-fused); false: use the reference.
-bool quantize_kernel(const at::Tensor& a, bool gelu_a, const at::Tensor& c, bool gelu_c, Rows& out) {
-  if (!a.is_cuda() || fused::mode() != fused::Mode::Auto || a.scalar_type() != at::kBFloat16) return false;
-  if (c.defined() && (c.scalar_type() != a.scalar_type() || lead_of(c) != lead_of(a))) return false;
+bool quantize_kernel(const at::Tensor& a, bool gelu_a, const at::Tensor& c, bool gelu_c, const at::Tensor& a_scale,
+                     Rows& out) {
+  const at::ScalarType dtype = a_scale.defined() ? (c.defined() ? c.scalar_type() : at::kBFloat16) : a.scalar_type();
+  if (!a.is_cuda() || fused::mode() != fused::Mode::Auto || dtype != at::kBFloat16) return false;
+  if (c.defined() && (c.scalar_type() != dtype || lead_of(c) != lead_of(a))) return false;
   kernels::QuantArgs args;
   args.dtype = kernels::DType::BF16;
   args.segments = c.defined() ? 2 : 1;
   if (!segment_of(a, gelu_a, args.seg[0]) || (c.defined() && !segment_of(c, gelu_c, args.seg[1]))) return false;
+  if (a_scale.defined()) args.seg[0].fp8_scale = a_scale.data_ptr<float>();
   out.lead = lead_of(a);
   args.rows = a.numel() / a.size(-1);
   const int64_t cols = a.size(-1) + (c.defined() ? c.size(-1) : 0);
@@ -66,30 +70,40 @@ Weight quantize_weight(const at::Tensor& w) {
   return {(f / scale.unsqueeze(1)).to(at::kFloat8_e4m3fn), scale};
 }
 
-Rows quantize_reference(const at::Tensor& a, const at::Tensor& c, bool gelu_c, bool gelu_a) {
-  auto rows = [](const at::Tensor& t, bool gelu) {
+Rows quantize_reference(const at::Tensor& a, const at::Tensor& c, bool gelu_c, bool gelu_a, const at::Tensor& a_scale) {
+  auto rows = [](const at::Tensor& t, bool gelu, const at::Tensor& scale) {
     at::Tensor f = t.reshape({-1, t.size(-1)}).to(at::kFloat);
+    if (scale.defined()) f = f * scale;
     return gelu ? at::gelu(f, "tanh") : f;
   };
-  at::Tensor f = rows(a, gelu_a);
-  if (c.defined()) f = at::cat({f, rows(c, gelu_c)}, 1);
+  at::Tensor f = rows(a, gelu_a, a_scale);
+  if (c.defined()) f = at::cat({f, rows(c, gelu_c, {})}, 1);
   at::Tensor scale = f.abs().amax(1).clamp_min(1e-12) * (1.0 / kMax);
   return {(f / scale.unsqueeze(1)).to(at::kFloat8_e4m3fn), scale, lead_of(a)};
 }
 
 namespace {
 // [a | c] by rows (c may be undefined): the kernel where it runs, else the reference.
-Rows quantize_rows(const at::Tensor& a, bool gelu_a, const at::Tensor& c, bool gelu_c) {
+Rows quantize_rows(const at::Tensor& a, bool gelu_a, const at::Tensor& c, bool gelu_c, const at::Tensor& a_scale = {}) {
 #if MMDIT_HAVE_FUSED_KERNELS
   Rows r;
-  if (quantize_kernel(a, gelu_a, c, gelu_c, r)) return r;
+  if (quantize_kernel(a, gelu_a, c, gelu_c, a_scale, r)) return r;
 #endif
-  return quantize_reference(a, c, gelu_c, gelu_a);
+  return quantize_reference(a, c, gelu_c, gelu_a, a_scale);
 }
 }  // namespace
 
 Rows quantize(const at::Tensor& x, bool gelu) { return quantize_rows(x, gelu, {}, false); }
 Rows quantize(const at::Tensor& a, const at::Tensor& c, bool gelu_c) { return quantize_rows(a, false, c, gelu_c); }
+Rows quantize(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& c, bool gelu_c) {
+  return quantize_rows(a, false, c, gelu_c, a_scale);
+}
+
+Rows rows_of(const at::Tensor& x, const at::Tensor& scale) {
+  at::Tensor values = x.contiguous();
+  values = values.view({-1, values.size(-1)});
+  return {values, scale.expand({values.size(0)}).contiguous(), lead_of(x)};
+}
 
 at::Tensor linear(const Rows& x, const Weight& w, const at::Tensor& bias, at::ScalarType out) {
   std::vector<int64_t> shape = x.lead;
@@ -122,6 +136,18 @@ void require(const at::Device& device, at::ScalarType dtype) {
     throw UsageError("--fp8: " + device.str() + " (" + p->name + ", compute capability " + std::to_string(p->major) + "." +
            std::to_string(p->minor) + ") lacks the row-wise fp8 GEMMs (they need 9.0 or newer)");
 #endif
+}
+
+void require_attention(bool fp8) {
+  if (!fp8) throw UsageError("--fp8-attention needs --fp8 (the attention's fp8 output feeds the fp8 projections)");
+  if (!fp8_attention_built())
+    throw UsageError("--fp8-attention: this build has no cuDNN fp8 attention (the cudnn-frontend headers of "
+                     "scripts/requirements.txt were not found when it was configured)");
+}
+
+void refuse_attention(const std::string& family) {
+  throw UsageError("--fp8-attention: FLUX only; " + family + " attends with head dim 64, where cuDNN's fp8 attention "
+                   "gains too little (docs/BENCHMARKS.md)");
 }
 
 }  // namespace mmdit::fp8

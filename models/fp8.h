@@ -33,8 +33,13 @@ struct Rows {
 Rows quantize(const at::Tensor& x, bool gelu = false);
 // The rows of [a | c] (one scale over both) without building the concatenation; gelu_c applies to c.
 Rows quantize(const at::Tensor& a, const at::Tensor& c, bool gelu_c);
+// The same where a holds e4m3 values with one scale (a_scale [1] float32: the fp8 attention's output).
+Rows quantize(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& c, bool gelu_c);
+// Rows of e4m3 values x [..., C] that share one scale [1] (the fp8 attention's output): no requantization.
+Rows rows_of(const at::Tensor& x, const at::Tensor& scale);
 // The same with ATen ops: the kernel's reference (and the path where the kernel is not built or not used).
-Rows quantize_reference(const at::Tensor& a, const at::Tensor& c = {}, bool gelu_c = false, bool gelu_a = false);
+Rows quantize_reference(const at::Tensor& a, const at::Tensor& c = {}, bool gelu_c = false, bool gelu_a = false,
+                        const at::Tensor& a_scale = {});
 
 // x W^T + bias, out dtype `out`. CUDA: _scaled_mm row-wise; other devices: the same values dequantized and
 // multiplied in float32 (CPU tests of the wiring).
@@ -50,5 +55,10 @@ void release(at::Tensor& w);
 // Throws UsageError (one line, exit 2) unless this device and dtype can run --fp8: the row-wise fp8 GEMMs need a
 // CUDA GPU of compute capability 9.0 or newer and write bf16.
 void require(const at::Device& device, at::ScalarType dtype);
+// The same for --fp8-attention (FLUX): it needs --fp8 (its output feeds the fp8 projections) and a build with the
+// cudnn-frontend headers.
+void require_attention(bool fp8);
+// Throws UsageError: fp8 attention is FLUX's only (head dim 128, where it pays).
+[[noreturn]] void refuse_attention(const std::string& family);
 
 }  // namespace mmdit::fp8

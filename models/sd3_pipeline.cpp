@@ -150,6 +150,7 @@ Sd3Pipeline::Sd3Pipeline(const GenerateRequest& r, const ModelInfo& m)
       device_(parse_device(r.device)),
       dtype_(pick_dtype(r.dtype, device_)) {
   if (r.fp8) fp8::require(device_, dtype_);
+  if (r.fp8_attention) fp8::refuse_attention("SD3");
   tok_l_ = ClipTokenizer::load(src_.tok_l);
   tok_g_ = ClipTokenizer::load(src_.tok_g);
   if (!src_.t5_absent) {

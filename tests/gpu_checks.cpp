@@ -20,6 +20,7 @@
 #include "controls/control.h"
 #include "core/errors.h"
 #include "core/attention.h"
+#include "core/attention_fp8.h"
 #include "models/flux_transformer.h"
 #include "models/fp8.h"
 #include "models/fused_ops.h"
@@ -201,15 +202,17 @@ void randomize(Model& m) {
     if (b.is_floating_point()) b.normal_(0.0, 0.5, std::nullopt);
 }
 
-// A small random FLUX transformer (bf16, CUDA, guidance-distilled) and fresh inputs for one step of it.
+// A small random FLUX transformer (bf16, CUDA, guidance-distilled) and fresh inputs for one step of it; head dim
+// 64, or FLUX.1's 128.
 struct SmallFlux {
   at::TensorOptions opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
   std::shared_ptr<mmdit::FluxTransformer> m;
   at::Tensor img_ids = mmdit::flux_image_ids(16, 16, opts), txt_ids = mmdit::flux_text_ids(40, opts);
-  SmallFlux() {
+  explicit SmallFlux(int64_t head_dim = 64) {
     mmdit::FluxTransformerConfig c;
-    c.num_layers = 2, c.num_single_layers = 2, c.attention_head_dim = 64, c.num_attention_heads = 2;
-    c.joint_attention_dim = 96, c.pooled_projection_dim = 48, c.guidance_embeds = true, c.axes_dims_rope = {8, 28, 28};
+    c.num_layers = 2, c.num_single_layers = 2, c.attention_head_dim = head_dim, c.num_attention_heads = 2;
+    c.joint_attention_dim = 96, c.pooled_projection_dim = 48, c.guidance_embeds = true;
+    c.axes_dims_rope = head_dim == 128 ? std::vector<int64_t>{16, 56, 56} : std::vector<int64_t>{8, 28, 28};
     m = std::make_shared<mmdit::FluxTransformer>(c);
     m->to(at::kCUDA, at::kBFloat16);
     randomize(*m);
@@ -314,6 +317,57 @@ int check_fp8_model(at::Generator& gen) {
   return !ok + check_model_graph("flux fp8", [&] { return flux.inputs(gen); }, flux.call());
 }
 
+// cuDNN's fp8 attention (--fp8-attention) against its ATen reference (the same quantization, float32 products) and
+// against bf16 attention, at FLUX's head dim 128 and SD3's 64, on [B, N, H, D] buffers as the fast path has them.
+int check_fp8_attention(at::Generator& gen) {
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  int failures = 0;
+  for (int64_t d : {128, 64}) {
+    auto rand = [&](double s) { return (at::randn({1, 4429, 4, d}, gen) * s).to(opts).transpose(1, 2); };
+    at::Tensor q = rand(1), k = rand(1), v = rand(3);
+    mmdit::AttentionDesc desc;
+    auto got = mmdit::attention_fp8(q, k, v, desc);
+    if (!got) {
+      std::printf("{\"check\": \"fp8 attention d%lld\", \"ran\": false, \"ok\": false}\n", (long long)d);
+      ++failures;
+      continue;
+    }
+    mmdit::Fp8Attention ref = mmdit::attention_fp8_reference(q, k, v);
+    at::Tensor o = got->values.to(at::kFloat) * got->descale, r = ref.values.to(at::kFloat) * ref.descale;
+    at::Tensor bf16 = at::scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape({1, 4429, 4 * d});
+    const double e = rel_err(o, r), vs_bf16 = rel_err(o, bf16), ref_vs_bf16 = rel_err(r, bf16);
+    const double scale_err = ((got->descale - ref.descale).abs() / ref.descale).item<double>();
+    const bool ok = e <= 3e-2 && vs_bf16 <= 0.1 && scale_err <= 1e-6;
+    failures += !ok;
+    std::printf("{\"check\": \"fp8 attention d%lld\", \"rel_err_vs_reference\": %.3g, \"rel_err_vs_bf16\": %.3g, "
+                "\"reference_vs_bf16\": %.3g, \"descale_rel_err\": %.3g, \"ok\": %s}\n", (long long)d, e, vs_bf16,
+                ref_vs_bf16, scale_err, ok ? "true" : "false");
+  }
+  return failures;
+}
+
+// A random FLUX.1-shaped transformer (head dim 128) with --fp8 --fp8-attention: close to bf16, further from it than
+// fp8 GEMMs alone, and capturable as a step graph.
+int check_fp8_attention_model(at::Generator& gen) {
+  torch::NoGradGuard no_grad;
+  auto make = [] {
+    at::manual_seed(7);  // the same random weights twice
+    return std::make_unique<SmallFlux>(128);
+  };
+  auto gemms = make(), both = make();
+  const auto in = gemms->inputs(gen);
+  at::Tensor bf16 = gemms->call()(in);
+  gemms->m->to_fp8(false);
+  both->m->to_fp8(true);
+  at::Tensor fp8_gemms = gemms->call()(in), fp8_both = both->call()(in);
+  const double e = rel_err(fp8_both, bf16), gemms_only = rel_err(fp8_gemms, bf16), apart = rel_err(fp8_both, fp8_gemms);
+  const bool ok = at::isfinite(fp8_both).all().item<bool>() && e < 0.2 && apart > 1e-3;
+  std::printf("{\"check\": \"fp8 attention flux transformer\", \"rel_err_vs_bf16\": %.3g, "
+              "\"fp8_gemms_only_vs_bf16\": %.3g, \"vs_fp8_gemms_only\": %.3g, \"ok\": %s}\n", e, gemms_only, apart,
+              ok ? "true" : "false");
+  return !ok + check_model_graph("flux fp8 attention", [&] { return both->inputs(gen); }, both->call());
+}
+
 // A call that syncs with the host cannot be captured: the warm-up runs, the capture throws RuntimeFailure naming
 // --cuda-graphs. PyTorch's generators stay in capture mode after that, so this check runs last.
 int check_capture_failure(at::Generator& gen) {
@@ -378,6 +432,8 @@ int main() {
   failures += check_fp8_quantize(g);
   failures += check_fp8_linear(g);
   failures += check_fp8_model(g);
+  failures += check_fp8_attention(g);
+  failures += check_fp8_attention_model(g);
   failures += check_capture_failure(g);  // last: it leaves PyTorch's generators in capture mode
   return failures ? 1 : 0;
 }

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "core/attention_fp8.h"
 #include "core/errors.h"
 #include "models/cogvideox_transformer.h"
 #include "models/flux_transformer.h"
@@ -65,6 +66,47 @@ TEST(Fp8, CpuIsRefused) {
   EXPECT_THROW(fp8::require(at::Device("cpu"), at::kBFloat16), UsageError);
   test::expect_input_error("generate -p x --fp8 -o " + (test::temp_dir("fp8_cpu") / "x.png").string(),
                            "--fp8 needs a CUDA GPU", test::temp_dir("fp8_cpu") / "x.png");
+}
+
+// What cuDNN's fp8 attention computes (attention_fp8_reference): close to float attention, but not equal to it;
+// its e4m3 output uses the format's range without saturating.
+TEST(Fp8, AttentionReferenceIsCloseToFloat) {
+  at::Tensor q = randn({1, 2, 40, 64}, 7), k = randn({1, 2, 40, 64}, 8), v = randn({1, 2, 40, 64}, 9) * 3;
+  Fp8Attention o = attention_fp8_reference(q, k, v);
+  EXPECT_EQ(o.values.scalar_type(), at::kFloat8_e4m3fn);
+  EXPECT_EQ(o.values.sizes(), (std::vector<int64_t>{1, 40, 128}));
+  at::Tensor back = (o.values.to(at::kFloat) * o.descale).view({1, 40, 2, 64}).transpose(1, 2);
+  const double e = rel_err(back, at::scaled_dot_product_attention(q, k, v));
+  std::printf("[fp8] attention reference: rel err %.3g against f32\n", e);
+  EXPECT_GT(e, 1e-3);
+  EXPECT_LT(e, 0.1);
+  const float top = o.values.to(at::kFloat).abs().max().item<float>();
+  EXPECT_LT(top, 448.f);  // |o| <= amax(V) < 1.125 amax(V)
+  EXPECT_GT(top, 16.f);   // and not squeezed into the subnormals
+}
+
+// The fp8 attention's output goes on as it is: rows_of keeps its values with the one scale per row, and
+// quantize(a, a_scale, c) equals the quantization of the dequantized [a | gelu(c)].
+TEST(Fp8, AttentionOutputFeedsTheProjections) {
+  Fp8Attention o = attention_fp8_reference(randn({1, 2, 6, 32}, 10), randn({1, 2, 6, 32}, 11), randn({1, 2, 6, 32}, 12));
+  fp8::Rows rows = fp8::rows_of(o.values, o.descale);
+  EXPECT_EQ(rows.lead, (std::vector<int64_t>{1, 6}));
+  EXPECT_TRUE(at::equal(rows.values.to(at::kFloat), o.values.view({6, 64}).to(at::kFloat)));
+  EXPECT_TRUE(at::equal(rows.scale, o.descale.expand({6})));
+  at::Tensor c = randn({1, 6, 48}, 13);
+  fp8::Rows got = fp8::quantize(o.values, o.descale, c, /*gelu_c=*/true);
+  fp8::Rows want = fp8::quantize(o.values.to(at::kFloat) * o.descale, c, true);
+  EXPECT_TRUE(at::equal(got.scale, want.scale));
+  EXPECT_TRUE(at::equal(got.values.to(at::kFloat), want.values.to(at::kFloat)));
+}
+
+// --fp8-attention is refused where it cannot run: without --fp8, and on SD3 (the built-in demo) and CogVideoX.
+TEST(Fp8, AttentionFlagIsRefusedWhereItCannotRun) {
+  const fs::path out = test::temp_dir("fp8_attention") / "x.png";
+  test::expect_input_error("generate -p x --fp8-attention -o " + out.string(), "--fp8-attention: FLUX only", out);
+  test::expect_input_error("generate -p x --fp8-attention --model " + (kGoldens / "flux" / "tiny-flux-dev").string() +
+                               " -o " + out.string(),
+                           "--fp8-attention needs --fp8", out);
 }
 
 // Checks one transformer after to_fp8(): out_plain/out_fast are its outputs on the plain and the fast path

@@ -6,6 +6,9 @@ cd "$(dirname "$0")/../.."
 grep -qx '/.carry/' .git/info/exclude || echo '/.carry/' >> .git/info/exclude
 mkdir -p .carry .whl
 [ -d .carry/stb ] || (cd .carry && apt-get download libstb-dev && dpkg -x libstb-dev_*.deb stb && rm -f ./*.deb)
+# The cudnn-frontend headers for --fp8-attention (the box's torch has cuDNN, not these headers).
+rm -rf .carry/cudnn_frontend && mkdir -p .carry/cudnn_frontend
+cp -r .venv/lib/python3.11/site-packages/include .carry/cudnn_frontend/include
 ls .whl/diffusers-0.42.1-*.whl >/dev/null 2>&1 || .venv/bin/pip download -q --no-deps -d .whl diffusers==0.42.1
 rm -rf .carry/layouts .carry/tiny-sd3
 mkdir -p .carry/layouts

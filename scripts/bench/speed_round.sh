@@ -10,9 +10,11 @@
 #             per-step times, bf16, random weights, same call: mmdit fused, mmdit fused with --cuda-graphs,
 #             mmdit --no-fused (same loaded pipeline), diffusers eager; with PROFILE=1 also each mmdit variant's
 #             GEMM / attention / other split (trace-0: fused, trace-1: --cuda-graphs, trace-2: --no-fused);
-#             PLAIN=1 leaves the --cuda-graphs and --no-fused variants out; with FP8=1 also mmdit --fp8 (a second load: fp8 frees the bf16 weights);
-#   fp8psnr   --fp8 against bf16 at full size: each family's image (CogVideoX: every frame) from the same random
+#             PLAIN=1 leaves the --cuda-graphs and --no-fused variants out; with FP8=1 also mmdit --fp8 (a second load: fp8 frees the bf16 weights),
+#             and on FLUX --fp8 --fp8-attention (a third);
+#   fp8psnr   --fp8 (FLUX: also with --fp8-attention) against bf16 at full size: each family's image (CogVideoX: every frame) from the same random
 #             weights and seed, PSNR;
+#   fp8psnr-flux  the same for FLUX alone;
 #   fp8demo   --fp8 on the trained demo (demo/shapes-world, bf16 on CUDA): checker scores of 100 held-out captions x 2
 #             seeds with and without fp8, and the PSNR between the two sets.
 # Results: $OUT/results.jsonl, $OUT/log.txt.   scripts/bench/speed_round.sh build gpucheck parity sd35l ...
@@ -42,17 +44,23 @@ pair() {  # family layout args...: mmdit (fused, then --no-fused) and diffusers 
   fi
   [ -n "${FP8:-}" ] && $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 --steps $STEPS \
     --warmup-steps 2 --fp8 "$@" | sed 's/"variant": ""/"variant": "--fp8"/' | tee -a "$R"
+  [ -n "${FP8:-}" ] && [ $fam = flux ] && $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 \
+    --steps $STEPS --warmup-steps 2 --fp8 --fp8-attention "$@" \
+    | sed 's/"variant": ""/"variant": "--fp8 --fp8-attention"/' | tee -a "$R"
   python3 scripts/bench/bench_diffusers.py "$lay" --family "$fam" --steps $STEPS --warmup-steps 2 "$@" \
     2>>"$OUT/diffusers.err" | tee -a "$R"
 }
-fp8_psnr() {  # name layout output job-keys: the bf16 and the --fp8 output of the same random weights and seed
-  local d="$OUT/fp8-$1"; mkdir -p "$d"
+fp8_psnr() {  # name layout output job-keys [att]: the bf16 and the --fp8 output of the same random weights and
+  # seed; with att also --fp8 --fp8-attention
+  local d="$OUT/fp8-$1" att=""; mkdir -p "$d"
+  [ -n "${5:-}" ] && att=$(printf ', {"output": "%s/fp8att/%s", "fp8": true, "fp8_attention": true}' "$d" "$3")
   printf '{"defaults": {"model": "%s", "device": "cuda", "dtype": "bf16", "seed": 1, "steps": %s, %s},
-    "jobs": [{"output": "%s/bf16/%s"}, {"output": "%s/fp8/%s", "fp8": true}]}' "$PWD/$2" "$STEPS" "$4" "$d" "$3" "$d" "$3" \
-    > "$d/jobs.json"
+    "jobs": [{"output": "%s/bf16/%s"}, {"output": "%s/fp8/%s", "fp8": true}%s]}' "$PWD/$2" "$STEPS" "$4" "$d" "$3" "$d" "$3" \
+    "$att" > "$d/jobs.json"
   MMDIT_RANDOM_WEIGHTS=1 $M run -q "$d/jobs.json" --report "$d/report.jsonl" > /dev/null || { echo "fp8 $1 failed"; return; }
   python3 scripts/bench/psnr_dirs.py "fp8 $1" "$d/bf16" "$d/fp8" | tee -a "$R"
-  rm -rf "$d/bf16" "$d/fp8"
+  [ -n "$att" ] && python3 scripts/bench/psnr_dirs.py "fp8 attention $1" "$d/bf16" "$d/fp8att" | tee -a "$R"
+  rm -rf "$d/bf16" "$d/fp8" "$d/fp8att"
 }
 for w in "$@"; do case $w in
   build)
@@ -74,8 +82,10 @@ for w in "$@"; do case $w in
   fp8psnr)
     fp8_psnr sd35l $L/sd3.5-large x.png '"width": 1024, "height": 1024, "cfg": 7, "prompt": "a red fox in the snow"'
     fp8_psnr sd35m $L/sd3.5-medium x.png '"width": 1024, "height": 1024, "cfg": 7, "prompt": "a red fox in the snow"'
-    fp8_psnr flux $L/flux-dev x.png '"width": 1024, "height": 1024, "prompt": "a red fox in the snow"'
+    fp8_psnr flux $L/flux-dev x.png '"width": 1024, "height": 1024, "prompt": "a red fox in the snow"' att
     fp8_psnr cogvideox $L/cogvideox-5b 'f_%03d.png' '"width": 720, "height": 480, "frames": 49, "cfg": 6, "prompt": "a red fox running in the snow"' ;;
+  fp8psnr-flux)
+    fp8_psnr flux $L/flux-dev x.png '"width": 1024, "height": 1024, "prompt": "a red fox in the snow"' att ;;
   fp8demo)
     for v in bf16 fp8; do
       python3 scripts/shapes/evaluate.py demo/shapes-world --mmdit $M --device cuda --dtype bf16 --out "$OUT/demo-$v" \
