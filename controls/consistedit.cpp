@@ -11,6 +11,9 @@
 //        Q, K = m_qk {Q, K}_s + (1 - m_qk) {Q, K}_t    with m_qk = 1 everywhere for the first floor(alpha steps)
 //      steps (--strength alpha), m after; text tokens stay the target's own.
 // SD3/SD3.5: every joint attention; FLUX: the single-stream blocks only, as the official FLUX editor.
+// --edit-mask-steps N (not in the official code; cheaper): pass 1 stops after N steps. From step N on, pass 2
+// keeps recording the source row's probabilities (the source row of the pair is never edited, so they are pass 1's
+// would-be values), and each step's mask averages every step before it.
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
@@ -30,8 +33,9 @@ namespace {
 
 class ConsistEdit : public Control {
  public:
-  ConsistEdit(double alpha, bool flux, int double_layers, std::string mask_output)
-      : alpha_(alpha), flux_(flux), double_layers_(double_layers), mask_output_(std::move(mask_output)) {}
+  ConsistEdit(double alpha, bool flux, int double_layers, std::string mask_output, int mask_steps)
+      : alpha_(alpha), flux_(flux), double_layers_(double_layers), mask_output_(std::move(mask_output)),
+        mask_steps_(mask_steps) {}
 
   std::string name() const override { return "consistedit"; }
 
@@ -40,6 +44,7 @@ class ConsistEdit : public Control {
     cols_ = at::tensor(info.edit_tokens, at::kLong);
     sum_ = mask_ = at::Tensor();
     count_ = 0;
+    mask_step_ = -1;
     // No edit words (a given image with its own prompt): nothing is edited, the source is kept everywhere.
     if (info.edit_tokens.empty()) mask_ = at::ones({info.grid_h * info.grid_w});
   }
@@ -49,11 +54,16 @@ class ConsistEdit : public Control {
     if (!ctx.pairs && mask_.defined()) return false;  // nothing left to record
     return ctx.pairs || ctx.find(Branch::Cond);
   }
-  bool needs_lse(const AttentionDesc&, const ControlContext& ctx) const override { return !ctx.pairs && !mask_.defined(); }
+  bool needs_lse(const AttentionDesc&, const ControlContext& ctx) const override {
+    return ctx.pairs ? online(ctx) : !mask_.defined();
+  }
 
   void before(AttentionCall& call) override {
     if (!call.ctx.pairs) return;
-    if (!mask_.defined()) derive_mask();
+    if (!mask_.defined() || (online(call.ctx) && call.ctx.step != mask_step_)) {
+      derive_mask();  // once, or with --edit-mask-steps once a step, from the steps before this one
+      mask_step_ = call.ctx.step;
+    }
     const TokenRange img = call.desc.image;
     at::Tensor m = mask_.to(call.q.device(), call.q.scalar_type()).view({1, 1, -1, 1});
     at::Tensor m_qk = call.ctx.step < int(call.ctx.num_steps * alpha_) ? at::ones_like(m) : m;
@@ -72,8 +82,8 @@ class ConsistEdit : public Control {
   }
 
   void after(AttentionCall& call) override {
-    if (call.ctx.pairs || mask_.defined()) return;
-    const BranchRows& cond = *call.ctx.find(Branch::Cond);
+    if (call.ctx.pairs ? !online(call.ctx) : mask_.defined()) return;
+    const BranchRows& cond = *call.ctx.find(Branch::Cond);  // pairs: its first row is the source
     if (cols_.device() != call.q.device()) cols_ = cols_.to(call.q.device());
     // [1, N]: summed over the edit tokens, averaged over heads (the official map's order of sums commutes).
     at::Tensor p = call.image_text_probs(cond.begin, cond.begin + 1, cols_).mean(1).sum(-1);
@@ -87,10 +97,16 @@ class ConsistEdit : public Control {
   }
 
  private:
-  // attention_map_controller.get_value_to_text_mask, then the editor's threshold and inversion.
+  // --edit-mask-steps: the pair's steps after the source pass record the source row and refine the mask.
+  bool online(const ControlContext& ctx) const {
+    return mask_steps_ > 0 && ctx.step >= mask_steps_ && !info_.edit_tokens.empty();
+  }
+
+  // attention_map_controller.get_value_to_text_mask, then the editor's threshold and inversion (on the device:
+  // no sync when the mask is refined every step).
   void derive_mask() {
     if (!count_) throw RuntimeFailure("consistedit: the source pass recorded no attention");
-    at::Tensor map = (sum_ / double(count_)).to(at::kCPU).view({-1});
+    at::Tensor map = (sum_ / double(count_)).view({-1});
     at::Tensor norm = (map - map.min()) / (map.max() - map.min() + 1e-6);
     mask_ = 1 - (norm > 0.1).to(at::kFloat);  // 1: the source is kept
   }
@@ -100,8 +116,10 @@ class ConsistEdit : public Control {
   int double_layers_;
   std::string mask_output_;
   GenerationInfo info_;
+  int mask_steps_;  // --edit-mask-steps, 0: off
   at::Tensor cols_, sum_, mask_;
   int64_t count_ = 0;
+  int mask_step_ = -1;  // the step mask_ was derived for
 };
 
 // Words of a prompt: split at white space and commas, lower case, punctuation trimmed.
@@ -172,6 +190,10 @@ void write_edit_mask(const std::string& path, const at::Tensor& edited, int64_t 
   log_info("edit mask written to " + path);
 }
 
+int consistedit_mask_steps(const GenerateRequest& r, int steps) {
+  return r.edit_mask_steps > 0 ? std::min(r.edit_mask_steps, steps) : steps;
+}
+
 std::vector<int64_t> token_positions(const std::vector<int64_t>& ids, const std::vector<int64_t>& word) {
   if (word.empty() || word.size() > ids.size()) return {};
   for (size_t i = 0; i + word.size() <= ids.size(); ++i)
@@ -191,8 +213,13 @@ std::unique_ptr<Control> make_consistedit(const GenerateRequest& r, const ModelS
     for (auto [flag, value] : {std::pair{"--edit-words", &r.edit_words}, {"--source-output", &r.source_output},
                                {"--mask-output", &r.mask_output}, {"--image", &r.image}})
       if (!value->empty()) throw UsageError(std::string(flag) + ": only for edits (mmdit edit --source-prompt ...)");
+    if (r.edit_mask_steps) throw UsageError("--edit-mask-steps: only for edits (mmdit edit --source-prompt ...)");
     return nullptr;
   }
+  if (r.edit_mask_steps && (r.edit_method != "consistedit" || !r.image.empty()))
+    throw UsageError("--edit-mask-steps: only for ConsistEdit edits of a generated image (" +
+                     std::string(r.image.empty() ? "FreeFlux derives its masks at its own step" :
+                                                   "a given image's mask comes from its inversion") + ")");
   if (r.edit_method != "consistedit" && !is_freeflux(r.edit_method))
     throw UsageError("--edit-method " + r.edit_method + ": the methods are consistedit, freeflux-nonrigid, freeflux-add "
                      "and freeflux-background");
@@ -202,7 +229,8 @@ std::unique_ptr<Control> make_consistedit(const GenerateRequest& r, const ModelS
   parse_inversion(r.inversion);
   if (!r.regions.empty()) throw UsageError("--source-prompt: cannot be combined with --region yet");
   if (r.edit_method != "consistedit") return nullptr;  // FreeFlux (controls/freeflux.cpp)
-  return std::make_unique<ConsistEdit>(r.strength, model.family == "flux", model.double_layers, r.mask_output);
+  return std::make_unique<ConsistEdit>(r.strength, model.family == "flux", model.double_layers, r.mask_output,
+                                       r.edit_mask_steps);
 }
 
 }  // namespace mmdit

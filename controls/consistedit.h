@@ -21,6 +21,9 @@ std::vector<std::string> added_words(const GenerateRequest& r);
 // token cell a block of pixels; `grid_h` x `grid_w` tokens, `height` x `width` pixels.
 void write_edit_mask(const std::string& path, const at::Tensor& edited, int64_t grid_h, int64_t grid_w, int height,
                      int width);
+// How many steps of the source a generated ConsistEdit edit runs first for its mask: --edit-mask-steps, at most
+// `steps`, or all of them.
+int consistedit_mask_steps(const GenerateRequest& r, int steps);
 // Where the token sequence `word` first occurs in `ids`; empty when it does not.
 std::vector<int64_t> token_positions(const std::vector<int64_t>& ids, const std::vector<int64_t>& word);
 

@@ -322,8 +322,8 @@ class FluxPipelineImpl : public Pipeline {
     };
     at::Tensor latents;
     if (edit) {
-      // The first pass derives the edit mask: ConsistEdit's from the source alone over every step (when there are
-      // edit words), FreeFlux's from the source alone (background) or the pair (add) to its derive step. Then
+      // The first pass derives the edit mask: ConsistEdit's from the source alone over every step, or the first
+      // --edit-mask-steps (when there are edit words), FreeFlux's from the source alone (background) or the pair (add) to its derive step. Then
       // source and target together.
       auto first = [](const at::Tensor& t) { return t.defined() ? t.narrow(0, 0, 1) : t; };
       const int n_steps = sched.num_steps();
@@ -331,7 +331,7 @@ class FluxPipelineImpl : public Pipeline {
         denoise(noise.repeat({2, 1, 1}), embeds, pooled, neg_embeds, neg_pooled, 2, true, freeflux_derive_step(n_steps) + 1);
       else if (!info.edit_tokens.empty() && (path.empty() || is_freeflux(r.edit_method)))  // ConsistEdit: inversion
         denoise(noise, src.embeds, src.pooled, first(neg_embeds), first(neg_pooled), 1, false,
-                is_freeflux(r.edit_method) ? freeflux_derive_step(n_steps) + 1 : n_steps);
+                is_freeflux(r.edit_method) ? freeflux_derive_step(n_steps) + 1 : consistedit_mask_steps(r, n_steps));
       latents = denoise(noise.repeat({2, 1, 1}), embeds, pooled, neg_embeds, neg_pooled, 2, true);
     } else {
       latents = denoise(noise, embeds, pooled, neg_embeds, neg_pooled, n, false);

@@ -73,6 +73,7 @@ struct GenerateRequest {
   std::string source_prompt;          // set: this request is an edit
   std::string edit_method = "consistedit";
   double strength = 1.0;              // ConsistEdit's alpha: the fraction of early steps that lock the structure
+  int edit_mask_steps = 0;            // ConsistEdit: the source steps the edit mask averages (0: all)
   std::string edit_words;             // comma-separated; default: the words of the source the target lacks
   std::string source_output, mask_output;  // where the source image and the derived edit mask go (optional)
   // Editing a given image: it is VAE-encoded and inverted along the flow (samplers/inversion.h); the source branch

@@ -343,11 +343,13 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
     });
     noise = path[0];
   }
-  // One denoising run of `rows` images per branch; pairs: the rows are an edit's [source, target].
+  // One denoising run of `rows` images per branch; pairs: the rows are an edit's [source, target]. prepass_steps:
+  // a first pass for an edit's mask, over that many steps, unreported.
   auto denoise = [&](at::Tensor latents, const at::Tensor& e, const at::Tensor& p, const at::Tensor& ne,
-                     const at::Tensor& np, int64_t rows, bool pairs, bool report) {
+                     const at::Tensor& np, int64_t rows, bool pairs, int prepass_steps = 0) {
+    const bool report = prepass_steps == 0;
     StepGraph graph(r.cuda_graphs && device_.is_cuda());  // --cuda-graphs: plain steps replayed (models/step_graph.h)
-    for (int i = 0; i < r.steps; ++i) {
+    for (int i = 0; i < (report ? r.steps : prepass_steps); ++i) {
       latents = on_path(path, latents, i);  // the source row follows a given image's path
       at::Tensor v;
       if (guidance.zero_step(i)) {
@@ -375,13 +377,15 @@ std::vector<Image> Sd3Pipeline::generate(const GenerateRequest& r, const std::fu
   };
   at::Tensor latents;
   if (edit) {
-    // ConsistEdit: the source alone first (its attention gives the edit mask), then source and target together.
+    // ConsistEdit: the source alone first (its attention over every step, or the first --edit-mask-steps, gives the
+    // edit mask), then source and target together.
     auto first = [](const at::Tensor& t) { return t.defined() ? t.narrow(0, 0, 1) : t; };
     if (!info.edit_tokens.empty() && path.empty())  // a given image's mask comes from its inversion
-      denoise(noise, src.embeds, src.pooled, first(neg_embeds), first(neg_pooled), 1, false, false);
-    latents = denoise(noise.repeat({2, 1, 1, 1}), embeds, pooled, neg_embeds, neg_pooled, 2, true, true);
+      denoise(noise, src.embeds, src.pooled, first(neg_embeds), first(neg_pooled), 1, false,
+              consistedit_mask_steps(r, r.steps));
+    latents = denoise(noise.repeat({2, 1, 1, 1}), embeds, pooled, neg_embeds, neg_pooled, 2, true);
   } else {
-    latents = denoise(noise, embeds, pooled, neg_embeds, neg_pooled, n, false, true);
+    latents = denoise(noise, embeds, pooled, neg_embeds, neg_pooled, n, false);
   }
   auto images = to_images(vae_->decode_latents(latents));
   guidance.end(images);

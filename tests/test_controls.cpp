@@ -383,6 +383,38 @@ TEST(Controls, ConsistEditOnFluxEditsTheSingleBlocks) {
   EXPECT_LT(size_t(white), m.pixels.size());
 }
 
+// --edit-mask-steps N: the source pass stops after N steps and the mask averages those. At N = every step it is
+// the official edit (the same three images); at N = 1 the source stays the same image (the pair's source row is
+// never edited) while the mask is another: refined from the pair's source row, each step's mask averages the steps
+// before it, so the last one lacks the last step.
+TEST(Controls, ConsistEditMaskFromTheFirstSteps) {
+  const fs::path dir = test::source_dir() / "tests" / "data" / "consistedit";
+  const json c = read_json(dir / "cases.json")[0];
+  auto edit = [&](const std::string& extra, const std::string& name) {
+    const auto out = test::temp_dir("controls_mask_steps_" + name);
+    auto r = test::run_mmdit("edit -q --model " + (golden() / c["model"].get<std::string>()).string() + " " +
+                                 c["args"].get<std::string>() + " " + extra + " -o " + (out / "t.png").string() +
+                                 " --source-output " + (out / "s.png").string() + " --mask-output " +
+                                 (out / "m.png").string(),
+                             name);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return out;
+  };
+  const auto plain = edit("", "default"), all = edit("--edit-mask-steps 4", "all"), one = edit("--edit-mask-steps 1", "one");
+  for (const char* f : {"t.png", "s.png", "m.png"}) EXPECT_EQ(max_pixel_diff(read_png(all / f), read_png(plain / f)), 0) << f;
+  EXPECT_EQ(max_pixel_diff(read_png(one / "s.png"), read_png(plain / "s.png")), 0);
+  Image m1 = read_png(one / "m.png"), m4 = read_png(all / "m.png");
+  int edited = 0, differ = 0;
+  for (size_t i = 0; i < m1.pixels.size(); ++i) edited += m1.pixels[i] > 127, differ += m1.pixels[i] != m4.pixels[i];
+  EXPECT_GT(edited, 0);
+  EXPECT_LT(size_t(edited), m1.pixels.size());
+  EXPECT_GT(differ, 0) << "three steps of attention gave the four steps' mask";
+  // The refined mask of the last step averages steps 0-2: the source pass's step 0 and the pair's steps 1 and 2 give
+  // the mask of a source pass over steps 0-2.
+  const auto three = edit("--edit-mask-steps 3", "three");
+  EXPECT_EQ(max_pixel_diff(read_png(one / "m.png"), read_png(three / "m.png")), 0);
+}
+
 TEST(Controls, BadEditsExitTwoWithOneLineAndNoOutput) {
   const auto dir = test::temp_dir("controls_bad_edits");
   const std::string out = dir / "x.png";
@@ -400,6 +432,9 @@ TEST(Controls, BadEditsExitTwoWithOneLineAndNoOutput) {
       {"edit --model " + (golden() / "tiny-cogvideox-2b").string() + " --source-prompt 'a red star' --prompt 'a blue star' "
        "--frames 9 --max-sequence-length 16", "", "consistent editing is for SD3/SD3.5 and FLUX"},
       {"generate --model " + sd3 + " --prompt 'a red star' --mask-output " + (dir / "m.png").string(), "", "only for edits"},
+      {"generate --model " + sd3 + " --prompt 'a red star' --edit-mask-steps 2", "", "--edit-mask-steps: only for edits"},
+      {"edit --model " + (golden() / "tiny-flux-dev").string() + " --source-prompt 'a red star' --prompt 'a red star and "
+       "a moon' --edit-method freeflux-add --edit-mask-steps 2", "", "--edit-mask-steps: only for ConsistEdit edits"},
   };
   for (const auto& [args, unused, message] : bad) {
     test::expect_input_error(args + " --steps 2 -o " + out, message, out, "bad_edit");

@@ -16,7 +16,9 @@
 #      a plain generation and a plain batch of two.
 #   6. editing a given image (inversion, then the pair) and FreeFlux's edits, against a plain batch of two.
 #   7. regions0: regional prompts with --region-base-ratio 0 (no base rows) on FLUX.1-dev and SD3.5-large.
-#   scripts/bench/controls_round.sh [check] [sd35l] [flux] [gpucheck] [regions] [regions0] [edit] [editimage]
+#   8. editsteps: a generated edit at 28 steps, the official mask pass against --edit-mask-steps 1.
+#   scripts/bench/controls_round.sh [check] [sd35l] [flux] [gpucheck] [regions] [regions0] [edit] [editsteps]
+#   [editimage]
 #   (default: the first three)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -79,6 +81,17 @@ for w in $WHAT; do case $w in
         --steps 10 --warmup-steps 3 $( [ $m = sd3.5-large ] && echo --cfg 7 ) \
         --variant '--batch 2' \
         --variant "--source-prompt 'a photo of a cat riding a horse on mars' --edit-words cat" | tee -a "$R"
+    done ;;
+  editsteps)
+    # A generated edit at the official 28 steps: the plain batch of two, the official edit (a source pass over every
+    # step for the mask), and --edit-mask-steps 1 (a one-step source pass, the mask refined during the pair).
+    for m in sd3.5-large flux-dev; do
+      $M bench --model $L/$m --random-weights --device cuda --dtype bf16 --runs 1 --width 1024 --height 1024 \
+        --steps 28 --warmup-steps 2 $( [ $m = sd3.5-large ] && echo --cfg 7 ) \
+        --variant '--batch 2' \
+        --variant "--source-prompt 'a photo of a cat riding a horse on mars' --edit-words cat" \
+        --variant "--source-prompt 'a photo of a cat riding a horse on mars' --edit-words cat --edit-mask-steps 1" \
+        | tee -a "$R"
     done ;;
   editimage)
     # Editing a given image (--image, scaled to 1024² with --resize): the inversion, then source and target
