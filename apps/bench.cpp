@@ -182,7 +182,7 @@ Command add_bench_command(CLI::App& app) {
       ->capture_default_str();
   sub->add_flag("--random-weights", o->random_weights, "Make random weights on the device instead of loading files");
   sub->add_flag("--fp8", r.fp8, "fp8 GEMMs in the transformer blocks (the model is loaded with them; not a --variant)");
-  sub->add_flag("--fp8-attention", r.fp8_attention, "with --fp8, FLUX: the attention in fp8 too");
+  sub->add_flag("--fp8-attention", r.fp8_attention, "with --fp8, FLUX and CogVideoX: the attention in fp8 too");
   sub->add_option("--batch", r.batch, "Images per run (--batch 3 --cfg 1: three plain rows, a baseline)")
       ->check(CLI::Range(1, 64));
   sub->add_option("--variant", o->variants,

@@ -1,4 +1,4 @@
-// Opt-in fp8 attention (--fp8-attention, with --fp8): cuDNN's fp8 flash attention (the cudnn-frontend graph API,
+// Opt-in fp8 attention (--fp8-attention, with --fp8; FLUX and CogVideoX): cuDNN's fp8 flash attention (the cudnn-frontend graph API,
 // PyPI nvidia-cudnn-frontend headers, torch's libcudnn) on Q, K and V quantized per tensor to e4m3. On Hopper its
 // output is e4m3 too, with one scale, which the fp8 output projection takes as it is. Lossy: docs/BENCHMARKS.md
 // reports the PSNR against bf16. Like attention(), a call that an attention control touches, or that Ulysses

@@ -79,7 +79,8 @@ std::vector<RequestOption> make_options() {
          "sizes; no gain at 1024² on SD3.5-large or FLUX, docs/BENCHMARKS.md)", &R::cuda_graphs);
   t.flag("fp8", "CUDA, Hopper or newer, bf16: the transformer blocks' GEMMs in fp8 (faster, lossy: speed and PSNR in "
          "docs/BENCHMARKS.md)", &R::fp8);
-  t.flag("fp8_attention", "With --fp8, FLUX only: the attention in fp8 too (cuDNN; faster, lossier: docs/BENCHMARKS.md)",
+  t.flag("fp8_attention", "With --fp8 on FLUX and CogVideoX: the attention in fp8 too (cuDNN; faster, lossier: "
+         "docs/BENCHMARKS.md)",
          &R::fp8_attention);
 
   t.group = "Image";

@@ -79,7 +79,7 @@ CogVideoXPipeline::CogVideoXPipeline(const GenerateRequest& r, const ModelInfo& 
       device_(parse_device(r.device)),
       dtype_(pick_dtype(r.dtype, device_)) {
   if (r.fp8) fp8::require(device_, dtype_);
-  if (r.fp8_attention) fp8::refuse_attention("CogVideoX");
+  if (r.fp8_attention) fp8::require_attention(r.fp8);
   if (m.kind != ModelKind::PipelineFolder)
     throw UsageError("--model " + r.model + ": CogVideoX needs the diffusers pipeline folder (with model_index.json)");
   const ComponentInfo& sched = m.require("scheduler");
@@ -90,7 +90,7 @@ CogVideoXPipeline::CogVideoXPipeline(const GenerateRequest& r, const ModelInfo& 
   t5_dir_ = r.t5.empty() ? m.require("text_encoder").dir : fs::path(r.t5);
   tok_ = T5Tokenizer::load(r.tokenizer_dir.empty() ? m.require("tokenizer").dir : fs::path(r.tokenizer_dir));
   transformer_ = CogVideoXTransformer::load(m.require("transformer").dir, device_, dtype_);
-  if (r.fp8) transformer_->to_fp8();
+  if (r.fp8) transformer_->to_fp8(r.fp8_attention);
   vae_ = AutoencoderKLCogVideoX::load(m.require("vae").dir, device_, dtype_);
 }
 

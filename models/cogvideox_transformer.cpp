@@ -8,6 +8,7 @@
 #include "core/config_fields.h"
 #include "controls/control.h"
 #include "core/attention.h"
+#include "core/attention_fp8.h"
 #include "core/errors.h"
 #include "core/parallel.h"
 #include "core/torch_util.h"
@@ -137,13 +138,21 @@ struct CogAttention : torch::nn::Module {
     desc.heads = heads;
     desc.text = {0, T};
     desc.image = {T, L};
+    if (fp8_attention)
+      if (auto o8 = attention_fp8(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc))
+        return nn::project_fp8(to_out, o8->values, o8->descale, h.scalar_type());
     at::Tensor o = attention(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc);
     return to_out(o.transpose(1, 2).reshape({batch, L, heads * head_dim}));
   }
 
   int64_t heads, head_dim;
-  // --fp8 (models/fp8.h): the fused projection as e4m3; to_out goes with the block's other layers.
-  void to_fp8() { qkv.to_fp8(to_q, to_k, to_v); }
+  bool fp8_attention = false;
+  // --fp8 (models/fp8.h): the fused projection as e4m3; to_out goes with the block's other layers. attention:
+  // --fp8-attention (core/attention_fp8.h) on the fast path.
+  void to_fp8(bool attention) {
+    qkv.to_fp8(to_q, to_k, to_v);
+    fp8_attention = attention;
+  }
 
   nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out{nullptr};
   nn::AffineLayerNorm norm_q{nullptr}, norm_k{nullptr};
@@ -395,9 +404,9 @@ CogVideoXTransformer::CogVideoXTransformer(const CogVideoXTransformerConfig& c) 
   proj_out_ = register_module("proj_out", nn::Linear(dim, out).ptr());
 }
 
-void CogVideoXTransformer::to_fp8() {
+void CogVideoXTransformer::to_fp8(bool attention) {
   for (auto& b : blocks_) {
-    b->attn1->to_fp8();
+    b->attn1->to_fp8(attention);
     nn::linears_to_fp8(*b);
   }
 }

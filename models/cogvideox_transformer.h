@@ -82,7 +82,7 @@ class CogVideoXTransformer : public torch::nn::Module {
   // A diffusers component folder (config.json + weights), on `device` in `dtype`.
   // --fp8 (models/fp8.h): the blocks' linear layers (not the adaLN ones) become e4m3 GEMMs; their bf16 weights
   // are freed, so a model without fp8 must be loaded again.
-  void to_fp8();
+  void to_fp8(bool attention = false);
 
   static std::shared_ptr<CogVideoXTransformer> load(const std::filesystem::path& component_dir, at::Device device,
                                                     at::ScalarType dtype);

@@ -39,6 +39,11 @@ at::Tensor feed_forward_fused(FeedForward& ff, const at::Tensor& x) {
   return ff.out(fused::linear_gelu(x, up->weight, up->bias));
 }
 
+at::Tensor project_fp8(Linear& l, const at::Tensor& values, const at::Tensor& descale, at::ScalarType dtype) {
+  if (l->q.defined()) return fp8::linear(fp8::rows_of(values, descale), l->q, l->bias, dtype);
+  return l((values.to(at::kFloat) * descale).to(dtype));
+}
+
 void linears_to_fp8(torch::nn::Module& block) {
   for (const auto& item : block.named_modules("", /*include_self=*/false)) {
     auto* linear = item.value()->as<LinearImpl>();

@@ -26,6 +26,10 @@ struct QkvProjection {
 // weights in the quantization of the down GEMM's input (the up projection's output is read once).
 at::Tensor feed_forward_fused(FeedForward& ff, const at::Tensor& x);
 
+// An output projection of the fp8 attention's e4m3 values (core/attention_fp8.h), [..., C] with one scale [1]:
+// straight into the fp8 GEMM, or dequantized where the layer stayed bf16.
+at::Tensor project_fp8(Linear& l, const at::Tensor& values, const at::Tensor& descale, at::ScalarType dtype);
+
 // --fp8 for the linear layers under `block` except the adaLN modulation layers (any path part starting with
 // "norm": one row per image, so fp8 saves nothing there, and their error would scale every token).
 void linears_to_fp8(torch::nn::Module& block);

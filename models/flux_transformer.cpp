@@ -126,20 +126,13 @@ struct FluxAttention : torch::nn::Module {
       if (auto o8 = attention_fp8(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc)) {
         if (!ctx.defined()) return {o8->values, o8->descale};
         const at::ScalarType dtype = x.scalar_type();
-        return {project(to_out, o8->values.narrow(0, 0, own).narrow(1, n_txt, n - n_txt), o8->descale, dtype),
-                project(to_add_out, o8->values.narrow(1, 0, n_txt), o8->descale, dtype)};
+        return {nn::project_fp8(to_out, o8->values.narrow(0, 0, own).narrow(1, n_txt, n - n_txt), o8->descale, dtype),
+                nn::project_fp8(to_add_out, o8->values.narrow(1, 0, n_txt), o8->descale, dtype)};
       }
     at::Tensor o = attention(fused::heads(buf.q), fused::heads(buf.k), fused::heads(buf.v), desc);
     o = o.transpose(1, 2).reshape({batch, n, heads * head_dim});
     if (!ctx.defined()) return {o, at::Tensor()};
     return {to_out(o.narrow(0, 0, own).narrow(1, n_txt, n - n_txt)), to_add_out(o.narrow(1, 0, n_txt))};
-  }
-
-  // An output projection of the fp8 attention's e4m3 values: straight into the fp8 GEMM, or dequantized where
-  // the layer stayed bf16.
-  static at::Tensor project(nn::Linear& l, const at::Tensor& values, const at::Tensor& descale, at::ScalarType dtype) {
-    if (l->q.defined()) return fp8::linear(fp8::rows_of(values, descale), l->q, l->bias, dtype);
-    return l((values.to(at::kFloat) * descale).to(dtype));
   }
 
   // --fp8 (models/fp8.h): the fused projections as e4m3; to_out and to_add_out go with the block's other layers.

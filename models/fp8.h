@@ -58,7 +58,7 @@ void require(const at::Device& device, at::ScalarType dtype);
 // The same for --fp8-attention (FLUX): it needs --fp8 (its output feeds the fp8 projections) and a build with the
 // cudnn-frontend headers.
 void require_attention(bool fp8);
-// Throws UsageError: fp8 attention is FLUX's only (head dim 128, where it pays).
+// Throws UsageError: fp8 attention is not wired for SD3 (head dim 64, and two attentions in SD3.5-medium's blocks).
 [[noreturn]] void refuse_attention(const std::string& family);
 
 }  // namespace mmdit::fp8

@@ -20,7 +20,7 @@ struct GenerateRequest {
   bool no_fused = false;  // the plain path instead of the fused kernels (models/fused_ops.h)
   bool cuda_graphs = false;  // plain steps replayed as CUDA graphs (models/step_graph.h)
   bool fp8 = false;          // fp8 GEMMs in the transformer blocks (models/fp8.h): faster, lossy
-  bool fp8_attention = false;  // with fp8: FLUX's attention in fp8 too (core/attention_fp8.h)
+  bool fp8_attention = false;  // with fp8: FLUX's and CogVideoX's attention in fp8 too (core/attention_fp8.h)
   // One generation over several devices (core/parallel.h, docs/SCALING.md): the same image as one device.
   int gpus = 0;                    // cuda:0..gpus-1; 0 or 1: one device
   std::string devices;             // or these, e.g. "cuda:0,cuda:2"

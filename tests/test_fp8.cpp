@@ -100,10 +100,10 @@ TEST(Fp8, AttentionOutputFeedsTheProjections) {
   EXPECT_TRUE(at::equal(got.values.to(at::kFloat), want.values.to(at::kFloat)));
 }
 
-// --fp8-attention is refused where it cannot run: without --fp8, and on SD3 (the built-in demo) and CogVideoX.
+// --fp8-attention is refused where it cannot run: without --fp8, and on SD3 (the built-in demo).
 TEST(Fp8, AttentionFlagIsRefusedWhereItCannotRun) {
   const fs::path out = test::temp_dir("fp8_attention") / "x.png";
-  test::expect_input_error("generate -p x --fp8-attention -o " + out.string(), "--fp8-attention: FLUX only", out);
+  test::expect_input_error("generate -p x --fp8-attention -o " + out.string(), "--fp8-attention: FLUX and CogVideoX only", out);
   test::expect_input_error("generate -p x --fp8-attention --model " + (kGoldens / "flux" / "tiny-flux-dev").string() +
                                " -o " + out.string(),
                            "--fp8-attention needs --fp8", out);

@@ -11,7 +11,7 @@
 #             mmdit --no-fused (same loaded pipeline), diffusers eager; with PROFILE=1 also each mmdit variant's
 #             GEMM / attention / other split (trace-0: fused, trace-1: --cuda-graphs, trace-2: --no-fused);
 #             PLAIN=1 leaves the --cuda-graphs and --no-fused variants out; with FP8=1 also mmdit --fp8 (a second load: fp8 frees the bf16 weights),
-#             and on FLUX --fp8 --fp8-attention (a third);
+#             and on FLUX and CogVideoX --fp8 --fp8-attention (a third);
 #   fp8psnr   --fp8 (FLUX: also with --fp8-attention) against bf16 at full size: each family's image (CogVideoX: every frame) from the same random
 #             weights and seed, PSNR;
 #   fp8psnr-flux  the same for FLUX alone;
@@ -44,7 +44,7 @@ pair() {  # family layout args...: mmdit (fused, then --no-fused) and diffusers 
   fi
   [ -n "${FP8:-}" ] && $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 --steps $STEPS \
     --warmup-steps 2 --fp8 "$@" | sed 's/"variant": ""/"variant": "--fp8"/' | tee -a "$R"
-  [ -n "${FP8:-}" ] && [ $fam = flux ] && $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 \
+  [ -n "${FP8:-}" ] && [ $fam != sd3 ] && $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 \
     --steps $STEPS --warmup-steps 2 --fp8 --fp8-attention "$@" \
     | sed 's/"variant": ""/"variant": "--fp8 --fp8-attention"/' | tee -a "$R"
   python3 scripts/bench/bench_diffusers.py "$lay" --family "$fam" --steps $STEPS --warmup-steps 2 "$@" \
