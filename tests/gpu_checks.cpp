@@ -282,6 +282,18 @@ int check_fp8_quantize(at::Generator& gen) {
     std::printf("{\"check\": \"fp8 quantize %s\", \"scale_max_rel_err\": %.3g, \"values_differing\": %.3g, "
                 "\"ok\": %s}\n", k.name, scale_err, differ, ok ? "true" : "false");
   }
+  // An e4m3 first segment with one scale (the fp8 attention's output) beside a GELU segment.
+  at::Tensor a8 = (at::randn({2, 333, 3072}, gen) * 40).to(opts).to(at::kFloat8_e4m3fn);
+  at::Tensor a_scale = at::full({1}, 0.0123, opts.dtype(at::kFloat));
+  mmdit::fp8::Rows got = mmdit::fp8::quantize(a8, a_scale, c, true);
+  mmdit::fp8::Rows ref = mmdit::fp8::quantize_reference(a8, c, true, false, a_scale);
+  at::Tensor vg = got.values.to(at::kFloat), vr = ref.values.to(at::kFloat);
+  const double scale_err = ((got.scale - ref.scale).abs() / ref.scale).max().item<double>();
+  const double differ = vg.ne(vr).to(at::kFloat).mean().item<double>();
+  const bool ok = got.lead == ref.lead && scale_err <= 1e-6 && differ <= 1e-3;
+  failures += !ok;
+  std::printf("{\"check\": \"fp8 quantize e4m3 segment + gelu\", \"scale_max_rel_err\": %.3g, "
+              "\"values_differing\": %.3g, \"ok\": %s}\n", scale_err, differ, ok ? "true" : "false");
   return failures;
 }
 
