@@ -17,8 +17,8 @@
 #include <cudnn_frontend.h>
 
 #include "core/log.h"
-#include "kernels/quant.h"
 #endif
+#include "kernels/quant.h"  // kOutMargin (plain declarations: the header builds without nvcc)
 
 namespace mmdit {
 
@@ -163,7 +163,7 @@ Fp8Attention attention_fp8_reference(const at::Tensor& q, const at::Tensor& k, c
   at::Tensor p = at::exp(scores - std::get<0>(scores.max(-1, true)));
   at::Tensor sum = p.sum(-1, true);
   at::Tensor o = at::matmul(e4m3(p * kMax) * (1.0 / kMax), v8) * sv / sum;  // [B, H, N, D]
-  at::Tensor descale = (v.to(at::kFloat).abs().amax().clamp_min(1e-12) * (1.125 / kMax)).reshape({1});
+  at::Tensor descale = (v.to(at::kFloat).abs().amax().clamp_min(1e-12) * (kernels::kOutMargin / kMax)).reshape({1});
   at::Tensor values = (o / descale).to(at::kFloat8_e4m3fn);
   return {values.transpose(1, 2).reshape({q.size(0), q.size(2), -1}), descale};
 }
