@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU-box round for the fast path (issue 14; run through the device tool from the repo root, carrying .carry/stb, .carry/cudnn_frontend,
-# .carry/layouts, the tiny goldens under .carry/goldens and .whl; make them with scripts/bench/prepare_carry.sh):
+# GPU-box round for the fast path (issue 14; run through the device tool from the repo root, carrying .carry/stb,
+# .carry/cudnn_frontend, .carry/layouts, the tiny goldens under .carry/goldens and .whl; make them with
+# scripts/bench/prepare_carry.sh):
 #   build     mmdit and mmdit_gpu_checks against the box's torch, with the fused CUDA kernels;
 #   gpucheck  the kernels against their ATen references (and the LSE kernels);
 #   parity    every tiny golden case on CUDA in f32 and bf16: fused against diffusers' f32 CPU
