@@ -39,18 +39,18 @@ struct Graph {
   bool ok = false;
 };
 
-using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, std::vector<int64_t>>;
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t>;  // device, B, H, N, D
 
-std::shared_ptr<Graph> build(cudnnHandle_t handle, int64_t b, int64_t h, int64_t n, int64_t d,
-                             const std::vector<int64_t>& qkv_strides) {
+// Q, K, V and O are [B, H, N, D] views of [B, N, H, D] memory (bshd() holds the inputs to that).
+std::shared_ptr<Graph> build(cudnnHandle_t handle, int64_t b, int64_t h, int64_t n, int64_t d) {
   auto g = std::make_shared<Graph>();
   auto& G = g->graph;
   G.set_io_data_type(fe::DataType_t::FP8_E4M3)
       .set_intermediate_data_type(fe::DataType_t::FLOAT)
       .set_compute_data_type(fe::DataType_t::FLOAT);
-  const std::vector<int64_t> dims{b, h, n, d};
+  const std::vector<int64_t> dims{b, h, n, d}, strides{n * h * d, d, h * d, 1};
   auto input = [&](const char* name) {
-    return G.tensor(fe::graph::Tensor_attributes().set_name(name).set_dim(dims).set_stride(qkv_strides));
+    return G.tensor(fe::graph::Tensor_attributes().set_name(name).set_dim(dims).set_stride(strides));
   };
   g->q = input("Q"), g->k = input("K"), g->v = input("V");
   const char* names[6] = {"Descale_Q", "Descale_K", "Descale_V", "Descale_S", "Scale_S", "Scale_O"};
@@ -67,7 +67,7 @@ std::shared_ptr<Graph> build(cudnnHandle_t handle, int64_t b, int64_t h, int64_t
                      .set_attn_scale(float(1.0 / std::sqrt(double(d))));
   auto [o, stats, amax_s, amax_o] = G.sdpa_fp8(g->q, g->k, g->v, g->scales[0], g->scales[1], g->scales[2],
                                                g->scales[3], g->scales[4], g->scales[5], options);
-  o->set_output(true).set_dim(dims).set_stride({n * h * d, d, h * d, 1});  // [B, N, H, D] in memory
+  o->set_output(true).set_dim(dims).set_stride(strides);
   for (auto& a : {amax_s, amax_o})
     a->set_output(true).set_dim({1, 1, 1, 1}).set_stride({1, 1, 1, 1}).set_data_type(fe::DataType_t::FLOAT);
   g->o = o, g->amax_s = amax_s, g->amax_o = amax_o;
@@ -89,10 +89,10 @@ std::shared_ptr<Graph> build(cudnnHandle_t handle, int64_t b, int64_t h, int64_t
 std::shared_ptr<Graph> graph_for(cudnnHandle_t handle, const at::Tensor& q) {
   static std::mutex mu;
   static std::map<Key, std::shared_ptr<Graph>> cache;
-  const Key key{q.get_device(), q.size(0), q.size(1), q.size(2), q.size(3), q.strides().vec()};
+  const Key key{q.get_device(), q.size(0), q.size(1), q.size(2), q.size(3)};
   std::lock_guard<std::mutex> lock(mu);
   auto& g = cache[key];
-  if (!g) g = build(handle, q.size(0), q.size(1), q.size(2), q.size(3), q.strides().vec());
+  if (!g) g = build(handle, q.size(0), q.size(1), q.size(2), q.size(3));
   return g;
 }
 

@@ -177,7 +177,7 @@ std::vector<RequestOption> make_options() {
            &R::strength, 0, 1);
   t.integer("edit_mask_steps", "", "Edit, ConsistEdit of a generated image: run the source alone for its first N "
             "steps only, then refine the edit mask each step from the pair's source row (default 0: the official "
-            "source pass over every step; N = 1 makes an edit about a third cheaper: docs/CONTROLS.md)",
+            "source pass over every step; N = 1 runs one step of it, saving about a third of the edit: docs/CONTROLS.md)",
             &R::edit_mask_steps, 0, std::nullopt);
   t.str("edit_words", "", "Edit: words whose attention marks the edited region, comma-separated (default: the words "
                           "of the source prompt that the target lacks)",

@@ -24,6 +24,24 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   return 0.5f * x * (1.f + tanhf(inner));
 }
 
+// Eight contiguous values of a 16-byte-aligned address, as float32.
+template <class T>
+__device__ __forceinline__ void load8(const T* p, float* v) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const T* h = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = to_f(h[i]);
+}
+
+// v / scale as eight e4m3 values at an 8-byte-aligned address.
+__device__ __forceinline__ void store8_e4m3(uint8_t* out, const float* v, float scale) {
+  uint2 packed;
+  uint8_t* q = reinterpret_cast<uint8_t*>(&packed);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) q[i] = __nv_cvt_float_to_fp8(v[i] / scale, __NV_SATFINITE, __NV_E4M3);
+  *reinterpret_cast<uint2*>(out) = packed;
+}
+
 template <class T>
 __device__ __forceinline__ void load8(const QuantSegment& s, int64_t row, int64_t c, float* v) {
   const int64_t at = (row / s.tokens) * s.batch_stride + (row % s.tokens) * s.row_stride + c;
@@ -32,14 +50,14 @@ __device__ __forceinline__ void load8(const QuantSegment& s, int64_t row, int64_
     const __nv_fp8_e4m3* h = reinterpret_cast<const __nv_fp8_e4m3*>(&raw);
     const float scale = *s.fp8_scale;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = s.gelu ? gelu_tanh(float(h[i]) * scale) : float(h[i]) * scale;
-    return;
+    for (int i = 0; i < 8; ++i) v[i] = float(h[i]) * scale;
+  } else {
+    load8(static_cast<const T*>(s.x) + at, v);
   }
-  const T* p = static_cast<const T*>(s.x) + at;
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const T* h = reinterpret_cast<const T*>(&raw);
+  if (s.gelu) {
 #pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = s.gelu ? gelu_tanh(to_f(h[i])) : to_f(h[i]);
+    for (int i = 0; i < 8; ++i) v[i] = gelu_tanh(v[i]);
+  }
 }
 
 __device__ float block_max(float v, float* shared) {
@@ -72,11 +90,7 @@ __global__ void quantize_kernel(QuantArgs a) {
   for (int s = 0, offset = 0; s < a.segments; offset += int(a.seg[s].cols), ++s)
     for (int64_t c = int64_t(threadIdx.x) * 8; c < a.seg[s].cols; c += kThreads * 8) {
       load8<T>(a.seg[s], row, c, v);
-      uint2 packed;
-      uint8_t* q = reinterpret_cast<uint8_t*>(&packed);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) q[i] = __nv_cvt_float_to_fp8(v[i] / scale, __NV_SATFINITE, __NV_E4M3);
-      *reinterpret_cast<uint2*>(out + offset + c) = packed;
+      store8_e4m3(out + offset + c, v, scale);
     }
 }
 
@@ -87,12 +101,11 @@ template <class T>
 __global__ void amax_kernel(QkvQuantArgs a) {
   __shared__ float shared[32];
   const T* x = static_cast<const T*>(a.x[blockIdx.y]);
-  float amax = 0.f;
+  float amax = 0.f, v[8];
   for (int64_t c = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * 8; c < a.numel; c += int64_t(gridDim.x) * kThreads * 8) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(x + c);
-    const T* h = reinterpret_cast<const T*>(&raw);
+    load8(x + c, v);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(to_f(h[i])));
+    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
   }
   amax = block_max(amax, shared);
   // Non-negative floats order as their bit patterns do.
@@ -114,14 +127,10 @@ __global__ void quantize_tensor_kernel(QkvQuantArgs a) {
   }
   const T* x = static_cast<const T*>(a.x[blockIdx.y]);
   uint8_t* out = static_cast<uint8_t*>(a.out[blockIdx.y]);
+  float v[8];
   for (int64_t c = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * 8; c < a.numel; c += int64_t(gridDim.x) * kThreads * 8) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(x + c);
-    const T* h = reinterpret_cast<const T*>(&raw);
-    uint2 packed;
-    uint8_t* q = reinterpret_cast<uint8_t*>(&packed);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) q[i] = __nv_cvt_float_to_fp8(to_f(h[i]) / scale, __NV_SATFINITE, __NV_E4M3);
-    *reinterpret_cast<uint2*>(out + c) = packed;
+    load8(x + c, v);
+    store8_e4m3(out + c, v, scale);
   }
 }
 

@@ -323,8 +323,8 @@ class FluxPipelineImpl : public Pipeline {
     at::Tensor latents;
     if (edit) {
       // The first pass derives the edit mask: ConsistEdit's from the source alone over every step, or the first
-      // --edit-mask-steps (when there are edit words), FreeFlux's from the source alone (background) or the pair (add) to its derive step. Then
-      // source and target together.
+      // --edit-mask-steps (when there are edit words), FreeFlux's from the source alone (background) or the pair
+      // (add) to its derive step. Then source and target together.
       auto first = [](const at::Tensor& t) { return t.defined() ? t.narrow(0, 0, 1) : t; };
       const int n_steps = sched.num_steps();
       if (r.edit_method == "freeflux-add")

@@ -55,7 +55,7 @@ void release(at::Tensor& w);
 // Throws UsageError (one line, exit 2) unless this device and dtype can run --fp8: the row-wise fp8 GEMMs need a
 // CUDA GPU of compute capability 9.0 or newer and write bf16.
 void require(const at::Device& device, at::ScalarType dtype);
-// The same for --fp8-attention (FLUX): it needs --fp8 (its output feeds the fp8 projections) and a build with the
+// The same for --fp8-attention (FLUX, CogVideoX): it needs --fp8 (its output feeds the fp8 projections) and a build with the
 // cudnn-frontend headers.
 void require_attention(bool fp8);
 // Throws UsageError: fp8 attention is not wired for SD3 (head dim 64, and two attentions in SD3.5-medium's blocks).
