@@ -7,6 +7,7 @@ learned from the captions).
     train_video.py OUT [--n 20000] [--vae-steps N] [--dit-steps N] [--batch B] [--time-budget S] ...
     train_video.py OUT --smoke                      # a few CPU steps end to end, then load + generate one clip
     train_video.py OUT --vae-from DIR ...           # a new DiT and T5 on DIR's VAE
+    train_video.py OUT --vae-from DIR --text-from DIR --patch-size 1  # a new DiT on DIR's VAE, tokenizer and T5
     train_video.py OUT --resume DIR --vae-steps 0   # continue DIR's DiT and T5
     train_video.py OUT --eval-only --eval 64        # generate held-out captions x 2 seeds with diffusers, score
 
@@ -162,8 +163,13 @@ def build(a, captions, tmp):
         return (T5TokenizerFast.from_pretrained(str(tmp / "tokenizer")), T5EncoderModel.from_pretrained(r / "text_encoder", **f32),
                 CogVideoXTransformer3DModel.from_pretrained(r / "transformer", **f32),
                 AutoencoderKLCogVideoX.from_pretrained(r / "vae", **f32))
-    tok = write_t5_tokenizer(tmp / "tokenizer", vocabulary_lines(captions))
-    t5 = new_t5(a, len(tok))
+    if a.text_from:  # a new DiT (say at another patch size) on a trained model's tokenizer and T5
+        shutil.copytree(pathlib.Path(a.text_from) / "tokenizer", tmp / "tokenizer")
+        tok = T5TokenizerFast.from_pretrained(str(tmp / "tokenizer"))
+        t5 = T5EncoderModel.from_pretrained(pathlib.Path(a.text_from) / "text_encoder", **f32)
+    else:
+        tok = write_t5_tokenizer(tmp / "tokenizer", vocabulary_lines(captions))
+        t5 = new_t5(a, len(tok))
     if a.vae_from:
         vae = AutoencoderKLCogVideoX.from_pretrained(pathlib.Path(a.vae_from) / "vae", **f32)
         a.vae_channels = ",".join(str(c) for c in vae.config.block_out_channels)
@@ -370,7 +376,7 @@ def save(parts, out, a, tmp):
     before = json.loads((pathlib.Path(a.resume) / "shapes_video.json").read_text()) if a.resume else None
     keys = ("size", "seed", "n", "vae_steps", "vae_batch", "vae_lr", "vae_channels", "kl", "decoder_only", "object_weight", "vae_time_budget", "vae_lr_schedule",
             "dit_steps", "batch", "lr", "lr_floor", "lr_schedule", "warmup", "drop", "time_budget", "layers", "heads",
-            "patch_size", "time_dim", "t5_dim", "t5_layers", "resume", "vae_from")
+            "patch_size", "time_dim", "t5_dim", "t5_layers", "resume", "vae_from", "text_from")
     info = {"resumed_from_run": before, **{k: getattr(a, k) for k in keys},
             "vae_steps_done": getattr(a, "vae_steps_done", 0), "dit_steps_done": getattr(a, "dit_steps_done", 0),
             "dit_seconds": getattr(a, "dit_seconds", None), "train_seconds": round(time.time() - a.t0),
@@ -461,6 +467,7 @@ def main(argv=None):
     ap.add_argument("--object-weight", type=float, default=1.0,
                     help="VAE loss weight of the shape's pixels (and their neighbours) against the background's")
     ap.add_argument("--vae-from", help="train a new DiT and T5 on this saved pipeline's VAE (no VAE stage)")
+    ap.add_argument("--text-from", help="with --vae-from: start from this saved pipeline's tokenizer and T5 (new DiT)")
     ap.add_argument("--resume", help="continue from a saved pipeline (with --vae-steps 0 its VAE stays)")
     ap.add_argument("--dit-steps", type=int, default=6000)
     ap.add_argument("--batch", type=int, default=256)
