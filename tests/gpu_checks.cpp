@@ -11,7 +11,9 @@
 // naming --cuda-graphs. Then --fp8 (models/fp8.h): the row-quantization kernel (strided rows, GELU, two segments)
 // against its ATen reference, the row-wise _scaled_mm GEMM against the dequantized float32 product, and a random
 // FLUX transformer with fp8 GEMMs (close to bf16, and replayed as a step graph). Prints one line per case.
+#include <chrono>
 #include <cmath>
+#include <functional>
 #include <cstdio>
 
 #include <torch/cuda.h>
@@ -358,6 +360,37 @@ int check_fp8_attention(at::Generator& gen) {
   return failures;
 }
 
+// Not a check: cuDNN's fp8 attention (quantization included) against bf16 SDPA at the families' full-size shapes,
+// for docs/BENCHMARKS.md (FLUX.1 1024², SD3.5-large 1024² with CFG, CogVideoX-5B 49x480x720 with CFG).
+void time_fp8_attention(at::Generator& gen) {
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  struct Shape { const char* name; int64_t b, h, n, d; };
+  for (const Shape& s : {Shape{"flux", 1, 24, 4608, 128}, Shape{"sd3.5-large", 2, 38, 4429, 64},
+                         Shape{"cogvideox-5b", 2, 48, 17776, 64}}) {
+    auto rand = [&] { return at::randn({s.b, s.n, s.h, s.d}, gen).to(opts).transpose(1, 2); };
+    at::Tensor q = rand(), k = rand(), v = rand();
+    mmdit::AttentionDesc desc;
+    if (!mmdit::attention_fp8(q, k, v, desc)) {
+      std::printf("{\"timing\": \"fp8 attention %s\", \"ran\": false}\n", s.name);
+      continue;
+    }
+    auto time = [&](const std::function<void()>& f) {
+      for (int i = 0; i < 3; ++i) f();
+      torch::cuda::synchronize();
+      const int reps = 20;
+      auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < reps; ++i) f();
+      torch::cuda::synchronize();
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+    };
+    const double fp8 = time([&] { mmdit::attention_fp8(q, k, v, desc); });
+    const double bf16 = time([&] { at::scaled_dot_product_attention(q, k, v); });
+    std::printf("{\"timing\": \"fp8 attention %s\", \"shape\": [%lld, %lld, %lld, %lld], \"fp8_ms\": %.3f, "
+                "\"bf16_sdpa_ms\": %.3f, \"speedup\": %.3f}\n", s.name, (long long)s.b, (long long)s.h,
+                (long long)s.n, (long long)s.d, fp8, bf16, bf16 / fp8);
+  }
+}
+
 // A random FLUX.1-shaped transformer (head dim 128) with --fp8 --fp8-attention: close to bf16, further from it than
 // fp8 GEMMs alone, and capturable as a step graph.
 int check_fp8_attention_model(at::Generator& gen) {
@@ -446,6 +479,7 @@ int main() {
   failures += check_fp8_model(g);
   failures += check_fp8_attention(g);
   failures += check_fp8_attention_model(g);
+  time_fp8_attention(g);
   failures += check_capture_failure(g);  // last: it leaves PyTorch's generators in capture mode
   return failures ? 1 : 0;
 }
