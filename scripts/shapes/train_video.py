@@ -319,13 +319,19 @@ def train_dit(parts, vids, caps, a, dev, save_checkpoint):
     for step in range(a.dit_steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        idx = torch.randint(len(mean), (a.batch,), generator=gen, device=dev)
-        drop = torch.rand((a.batch,), generator=gen, device=dev) < a.drop
+        # An image step trains on the clips' first latent frames alone: with the causal VAE that latent frame is
+        # frame 0 encoded by itself, and the 3D positions of one frame are those of a clip's first. A step then
+        # costs about what an image model's does, so shapes get many more samples in the same time.
+        image = a.image_frac > 0 and step % a.image_every != 0
+        batch = a.image_batch if image else a.batch
+        idx = torch.randint(len(mean), (batch,), generator=gen, device=dev)
+        drop = torch.rand((batch,), generator=gen, device=dev) < a.drop
         cap_idx = torch.where(drop, len(caps), idx)
-        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen, device=dev)) * scale
+        m, sd = (mean[idx, :, :1], std[idx, :, :1]) if image else (mean[idx], std[idx])
+        x0 = (m + sd * torch.randn(m.shape, generator=gen, device=dev)) * scale
         x0 = x0.permute(0, 2, 1, 3, 4)  # [B, F, C, h, w], the transformer's layout
         noise = torch.randn(x0.shape, generator=gen, device=dev)
-        t = torch.randint(0, sched.config.num_train_timesteps, (a.batch,), generator=gen, device=dev)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen, device=dev)
         s_a, s_n = ac[t].sqrt().view(-1, 1, 1, 1, 1), (1 - ac[t]).sqrt().view(-1, 1, 1, 1, 1)
         xt = s_a * x0 + s_n * noise
         target = s_a * noise - s_n * x0  # v
@@ -375,7 +381,7 @@ def save(parts, out, a, tmp):
     shutil.copy(tmp / "tokenizer" / "spiece.model", part / "tokenizer" / "spiece.model")  # mmdit reads it
     before = json.loads((pathlib.Path(a.resume) / "shapes_video.json").read_text()) if a.resume else None
     keys = ("size", "seed", "n", "vae_steps", "vae_batch", "vae_lr", "vae_channels", "kl", "decoder_only", "object_weight", "vae_time_budget", "vae_lr_schedule",
-            "dit_steps", "batch", "lr", "lr_floor", "lr_schedule", "warmup", "drop", "time_budget", "layers", "heads",
+            "dit_steps", "batch", "image_frac", "image_batch", "lr", "lr_floor", "lr_schedule", "warmup", "drop", "time_budget", "layers", "heads",
             "patch_size", "time_dim", "t5_dim", "t5_layers", "resume", "vae_from", "text_from")
     info = {"resumed_from_run": before, **{k: getattr(a, k) for k in keys},
             "vae_steps_done": getattr(a, "vae_steps_done", 0), "dit_steps_done": getattr(a, "dit_steps_done", 0),
@@ -476,6 +482,9 @@ def main(argv=None):
     ap.add_argument("--lr-schedule", choices=["steps", "time"], default="steps")
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--drop", type=float, default=0.1, help="caption dropout (to '') for CFG")
+    ap.add_argument("--image-frac", type=float, default=0,
+                    help="this fraction of the DiT steps trains on first latent frames alone (single images)")
+    ap.add_argument("--image-batch", type=int, default=1024, help="the batch of those image steps")
     ap.add_argument("--time-budget", type=float, default=0, help="end the DiT stage after this many seconds")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=3, help="attention heads of 64")
@@ -498,6 +507,10 @@ def main(argv=None):
         a.n, a.batch, a.vae_batch, a.vae_steps, a.dit_steps, a.warmup, a.device = 32, 2, 2, 2, 2, 1, "cpu"
     if a.vae_from:
         a.vae_steps = 0
+    if not 0 <= a.image_frac < 1:
+        ap.error("--image-frac: must be in [0, 1) (clip steps teach the motion)")
+    # image steps are every step but each image_every-th (0.75 -> 3 of every 4)
+    a.image_every = max(2, round(1 / (1 - a.image_frac))) if 0 < a.image_frac < 1 else 1
     torch.manual_seed(a.seed)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True  # the VAE's 3D convolutions: fixed shapes
