@@ -17,6 +17,7 @@
 #   6. editing a given image (inversion, then the pair) and FreeFlux's edits, against a plain batch of two.
 #   7. regions0: regional prompts with --region-base-ratio 0 (no base rows) on FLUX.1-dev and SD3.5-large.
 #   8. editsteps: a generated edit at 28 steps, the official mask pass against --edit-mask-steps 1.
+# NO_BUILD=1 uses build-gpu/mmdit as it is (prebuilt: see speed_round.sh prebuilt, and export its LD_LIBRARY_PATH).
 #   scripts/bench/controls_round.sh [check] [sd35l] [flux] [gpucheck] [regions] [regions0] [edit] [editsteps]
 #   [editimage]
 #   (default: the first three)
@@ -26,10 +27,10 @@ exec > >(tee "$OUT/log.txt") 2>&1
 WHAT=${*:-check sd35l flux}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 start=$(date +%s)
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMMDIT_BUILD_TESTS=OFF -DMMDIT_WITH_FFMPEG=OFF \
+[ -n "${NO_BUILD:-}" ] || cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMMDIT_BUILD_TESTS=OFF -DMMDIT_WITH_FFMPEG=OFF \
   -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$OUT/cmake.txt" 2>&1 \
   || { tail -30 "$OUT/cmake.txt"; exit 1; }
-cmake --build build-gpu -j16 > "$OUT/build.txt" 2>&1 || { grep -E "error" -A3 "$OUT/build.txt" | head -40; exit 1; }
+[ -n "${NO_BUILD:-}" ] || cmake --build build-gpu -j16 > "$OUT/build.txt" 2>&1 || { grep -E "error" -A3 "$OUT/build.txt" | head -40; exit 1; }
 echo "built in $(( $(date +%s) - start )) s"
 M=$PWD/build-gpu/mmdit
 R="$OUT/results.jsonl"

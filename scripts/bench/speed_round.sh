@@ -3,6 +3,9 @@
 # .carry/cudnn_frontend, .carry/layouts, the tiny goldens under .carry/goldens and .whl; make them with
 # scripts/bench/prepare_carry.sh):
 #   build     mmdit and mmdit_gpu_checks against the box's torch, with the fused CUDA kernels;
+#   prebuilt  instead of build: build-gpu/mmdit and mmdit_gpu_checks built on the CPU machine against the same
+#             torch wheel (cmake -B build-gpu ... as below, -j2, then strip; carry the two files), run with the
+#             box's torch, cuDNN and CUDA libraries (saves the box's minutes of compiling);
 #   gpucheck  the kernels against their ATen references (and the LSE kernels);
 #   parity    every tiny golden case on CUDA in f32 and bf16: fused against diffusers' f32 CPU
 #             images and against --cuda-graphs (the same image), with UNFUSED=1 also against --no-fused (PSNR:
@@ -64,6 +67,10 @@ fp8_psnr() {  # name layout output job-keys [att]: the bf16 and the --fp8 output
   rm -rf "$d/bf16" "$d/fp8" "$d/fp8att"
 }
 for w in "$@"; do case $w in
+  prebuilt)
+    T=$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+    export LD_LIBRARY_PATH="$T/lib:$T/../nvidia/cudnn/lib:$T/../nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    if ldd "$M" build-gpu/mmdit_gpu_checks | grep 'not found'; then echo "prebuilt: libraries missing"; exit 1; fi ;;
   build)
     cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMMDIT_BUILD_TESTS=OFF -DMMDIT_WITH_FFMPEG=OFF \
       -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$OUT/cmake.txt" 2>&1 \
