@@ -47,10 +47,10 @@ pair() {  # family layout args...: mmdit (fused, then --no-fused) and diffusers 
     rm -rf "$OUT/prof-$w"
   fi
   [ -n "${FP8:-}" ] && $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 --steps $STEPS \
-    --warmup-steps 2 --fp8 "$@" | sed 's/"variant": ""/"variant": "--fp8"/' | tee -a "$R"
+    --warmup-steps 2 --fp8 "$@" | sed -E 's/"variant": ?""/"variant": "--fp8"/' | tee -a "$R"
   [ -n "${FP8:-}" ] && [ $fam != sd3 ] && $M bench --model "$lay" --random-weights --device cuda --dtype bf16 --runs 1 \
     --steps $STEPS --warmup-steps 2 --fp8 --fp8-attention "$@" \
-    | sed 's/"variant": ""/"variant": "--fp8 --fp8-attention"/' | tee -a "$R"
+    | sed -E 's/"variant": ?""/"variant": "--fp8 --fp8-attention"/' | tee -a "$R"
   python3 scripts/bench/bench_diffusers.py "$lay" --family "$fam" --steps $STEPS --warmup-steps 2 "$@" \
     2>>"$OUT/diffusers.err" | tee -a "$R"
 }
