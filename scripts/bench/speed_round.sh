@@ -4,8 +4,10 @@
 # scripts/bench/prepare_carry.sh):
 #   build     mmdit and mmdit_gpu_checks against the box's torch, with the fused CUDA kernels;
 #   prebuilt  instead of build: build-gpu/mmdit and mmdit_gpu_checks built on the CPU machine against the same
-#             torch wheel (cmake -B build-gpu ... as below, -j2, then strip; carry the two files), run with the
-#             box's torch, cuDNN and CUDA libraries (saves the box's minutes of compiling);
+#             torch wheel (cmake -B build-gpu ... as below, -j2, then strip), with the Debian libraries the box
+#             lacks copied into build-gpu/lib (libspdlog.so.1.10, libfmt.so.9, libsentencepiece.so.0); carry the
+#             two files and build-gpu/lib. They run with those and the box's torch, cuDNN and CUDA libraries
+#             (saves the box's minutes of compiling);
 #   gpucheck  the kernels against their ATen references (and the LSE kernels);
 #   parity    every tiny golden case on CUDA in f32 and bf16: fused against diffusers' f32 CPU
 #             images and against --cuda-graphs (the same image), with UNFUSED=1 also against --no-fused (PSNR:
@@ -69,7 +71,7 @@ fp8_psnr() {  # name layout output job-keys [att]: the bf16 and the --fp8 output
 for w in "$@"; do case $w in
   prebuilt)
     T=$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')
-    export LD_LIBRARY_PATH="$T/lib:$T/../nvidia/cudnn/lib:$T/../nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export LD_LIBRARY_PATH="$PWD/build-gpu/lib:$T/lib:$T/../nvidia/cudnn/lib:$T/../nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     if ldd "$M" build-gpu/mmdit_gpu_checks | grep 'not found'; then echo "prebuilt: libraries missing"; exit 1; fi ;;
   build)
     cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMMDIT_BUILD_TESTS=OFF -DMMDIT_WITH_FFMPEG=OFF \
