@@ -22,6 +22,8 @@ Stages (seeded):
    (x0 error weighted by 1 / (1 - alphas_cumprod) is the v error). Captions are encoded as
    CogVideoXPipeline.encode_prompt does (padded to max_sequence_length, no attention mask); 10% are dropped to
    "" for CFG. bf16 autocast on the GPU; every draw of a step comes from one generator on the device.
+--image-frac F trains that fraction of the DiT steps on the clips' first latent frames alone (single images, at
+--image-batch), the rest on whole clips.
 --checkpoint-every S saves the pipeline every S seconds of DiT training (and --checkpoint-tar writes it as a
 tar.gz there too), so a run cut short still leaves a model. Weights are saved in float16 (--save-dtype), the T5's
 in float32.
@@ -321,7 +323,7 @@ def train_dit(parts, vids, caps, a, dev, save_checkpoint):
             g["lr"] = lr_at(step)
         # An image step trains on the clips' first latent frames alone: with the causal VAE that latent frame is
         # frame 0 encoded by itself, and the 3D positions of one frame are those of a clip's first. A step then
-        # costs about what an image model's does, so shapes get many more samples in the same time.
+        # costs about what an image model's does, so shapes get more samples in the same time.
         image = a.image_frac > 0 and step % a.image_every != 0
         batch = a.image_batch if image else a.batch
         idx = torch.randint(len(mean), (batch,), generator=gen, device=dev)
