@@ -1,6 +1,7 @@
 // Fused CUDA kernels (kernels/fused.h). Each is a one-pass replacement for a chain of ATen ops; the ATen
 // chain it replaces is in models/fused_ops.cpp (the reference the GPU checks compare against).
 #include "kernels/fused.h"
+#include "kernels/vec8.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -9,9 +10,6 @@
 namespace mmdit::kernels {
 namespace {
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <class T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
@@ -19,17 +17,7 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 // The value a store of v in T would hold, as float: the unfused path rounds at these points too.
 template <class T> __device__ __forceinline__ float round_as(float v) { return to_f(from_f<T>(v)); }
 
-// Eight consecutive values (16-byte aligned for half types, 32 for float) to and from float registers.
-__device__ __forceinline__ void load8(const float* p, float* v) {
-  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
-  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
-template <class T> __device__ __forceinline__ void load8(const T* p, float* v) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const T* h = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = to_f(h[i]);
-}
+// Eight float registers to consecutive values (16-byte aligned for half types, 32 for float); vec8.cuh loads them.
 __device__ __forceinline__ void store8(float* p, const float* v) {
   reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
   reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);

@@ -1,6 +1,7 @@
 // Row-wise fp8 quantization (kernels/quant.h). The reference is fp8::quantize_reference in models/fp8.cpp:
 // scale = max(amax, 1e-12) * (1 / 448) in float32, values x / scale rounded to nearest e4m3.
 #include "kernels/quant.h"
+#include "kernels/vec8.cuh"
 
 #include <algorithm>
 
@@ -14,23 +15,11 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-
 // torch's tanh-GELU, in float32 as its CUDA kernel computes it.
 __device__ __forceinline__ float gelu_tanh(float x) {
   const float beta = 0.7978845608028654f, kappa = 0.044715f;
   const float inner = beta * (x + kappa * x * x * x);
   return 0.5f * x * (1.f + tanhf(inner));
-}
-
-// Eight contiguous values of a 16-byte-aligned address, as float32.
-template <class T>
-__device__ __forceinline__ void load8(const T* p, float* v) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const T* h = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = to_f(h[i]);
 }
 
 // v / scale as eight e4m3 values at an 8-byte-aligned address.
@@ -43,7 +32,7 @@ __device__ __forceinline__ void store8_e4m3(uint8_t* out, const float* v, float 
 }
 
 template <class T>
-__device__ __forceinline__ void load8(const QuantSegment& s, int64_t row, int64_t c, float* v) {
+__device__ __forceinline__ void load_segment8(const QuantSegment& s, int64_t row, int64_t c, float* v) {
   const int64_t at = (row / s.tokens) * s.batch_stride + (row % s.tokens) * s.row_stride + c;
   if (s.fp8_scale) {  // e4m3 values times one scale
     const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(s.x) + at);
@@ -78,7 +67,7 @@ __global__ void quantize_kernel(QuantArgs a) {
   float amax = 0.f, v[8];
   for (int s = 0; s < a.segments; ++s)
     for (int64_t c = int64_t(threadIdx.x) * 8; c < a.seg[s].cols; c += kThreads * 8) {
-      load8<T>(a.seg[s], row, c, v);
+      load_segment8<T>(a.seg[s], row, c, v);
 #pragma unroll
       for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
     }
@@ -89,7 +78,7 @@ __global__ void quantize_kernel(QuantArgs a) {
   uint8_t* out = static_cast<uint8_t*>(a.out) + row * width;
   for (int s = 0, offset = 0; s < a.segments; offset += int(a.seg[s].cols), ++s)
     for (int64_t c = int64_t(threadIdx.x) * 8; c < a.seg[s].cols; c += kThreads * 8) {
-      load8<T>(a.seg[s], row, c, v);
+      load_segment8<T>(a.seg[s], row, c, v);
       store8_e4m3(out + offset + c, v, scale);
     }
 }

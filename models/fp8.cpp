@@ -147,7 +147,7 @@ void require_attention(bool fp8) {
 
 void refuse_attention(const std::string& family) {
   throw UsageError("--fp8-attention: FLUX and CogVideoX only; not wired for " + family + " (head dim 64, where cuDNN's "
-                   "fp8 attention is about 1.14x bf16, and SD3.5-medium's second attention)");
+                   "fp8 attention measured 0.99x bf16 at SD3.5-large's shape: docs/BENCHMARKS.md)");
 }
 
 }  // namespace mmdit::fp8

@@ -27,11 +27,13 @@ exec > >(tee "$OUT/log.txt") 2>&1
 WHAT=${*:-check sd35l flux}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 start=$(date +%s)
-[ -n "${NO_BUILD:-}" ] || cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMMDIT_BUILD_TESTS=OFF -DMMDIT_WITH_FFMPEG=OFF \
-  -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$OUT/cmake.txt" 2>&1 \
-  || { tail -30 "$OUT/cmake.txt"; exit 1; }
-[ -n "${NO_BUILD:-}" ] || cmake --build build-gpu -j16 > "$OUT/build.txt" 2>&1 || { grep -E "error" -A3 "$OUT/build.txt" | head -40; exit 1; }
-echo "built in $(( $(date +%s) - start )) s"
+if [ -z "${NO_BUILD:-}" ]; then
+  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMMDIT_BUILD_TESTS=OFF -DMMDIT_WITH_FFMPEG=OFF \
+    -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$OUT/cmake.txt" 2>&1 \
+    || { tail -30 "$OUT/cmake.txt"; exit 1; }
+  cmake --build build-gpu -j16 > "$OUT/build.txt" 2>&1 || { grep -E "error" -A3 "$OUT/build.txt" | head -40; exit 1; }
+  echo "built in $(( $(date +%s) - start )) s"
+fi
 M=$PWD/build-gpu/mmdit
 R="$OUT/results.jsonl"
 L=.carry/layouts

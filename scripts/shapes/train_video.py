@@ -315,6 +315,8 @@ def train_dit(parts, vids, caps, a, dev, save_checkpoint):
         p = (time.time() - t0) / a.time_budget if a.lr_schedule == "time" else s / max(a.dit_steps, 1)
         cos = 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
         return a.lr * min(1.0, (s + 1) / max(a.warmup, 1)) * (cos * (1 - a.lr_floor) + a.lr_floor)
+    # image steps are every step but each image_every-th (0.75 -> 3 of every 4; none at 0)
+    image_every = max(2, round(1 / (1 - a.image_frac))) if a.image_frac > 0 else 1
     transformer.train()
     t5.train()
     step = -1
@@ -324,7 +326,7 @@ def train_dit(parts, vids, caps, a, dev, save_checkpoint):
         # An image step trains on the clips' first latent frames alone: with the causal VAE that latent frame is
         # frame 0 encoded by itself, and the 3D positions of one frame are those of a clip's first. A step then
         # costs about what an image model's does, so shapes get more samples in the same time.
-        image = a.image_frac > 0 and step % a.image_every != 0
+        image = step % image_every != 0
         batch = a.image_batch if image else a.batch
         idx = torch.randint(len(mean), (batch,), generator=gen, device=dev)
         drop = torch.rand((batch,), generator=gen, device=dev) < a.drop
@@ -511,8 +513,6 @@ def main(argv=None):
         a.vae_steps = 0
     if not 0 <= a.image_frac < 1:
         ap.error("--image-frac: must be in [0, 1) (clip steps teach the motion)")
-    # image steps are every step but each image_every-th (0.75 -> 3 of every 4)
-    a.image_every = max(2, round(1 / (1 - a.image_frac))) if 0 < a.image_frac < 1 else 1
     torch.manual_seed(a.seed)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True  # the VAE's 3D convolutions: fixed shapes
