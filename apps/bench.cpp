@@ -56,7 +56,8 @@ void time_request(Pipeline& pipe, GenerateRequest r, const BenchOptions& o, doub
   auto sync = [&] {
     if (cuda) torch::cuda::synchronize();
   };
-  std::vector<double> totals, steps;
+  std::vector<double> totals, steps, first_steps;
+  double cold_first_step = 0;  // run 0's first step: encoding plus the one-off work (cuDNN plans, graph capture)
   const int last = o.runs + (o.profile.empty() ? 0 : 1);  // --profile: one more run, traced and not timed
   for (int run = 0; run <= last; ++run) {  // run 0 warms up (kernel selection, allocator)
     GenerateRequest q = r;
@@ -90,8 +91,10 @@ void time_request(Pipeline& pipe, GenerateRequest r, const BenchOptions& o, doub
     if (pipe.is_video()) pipe.generate_video(q, on_step);
     else pipe.generate(q, on_step);
     sync();
+    if (run == 0 && stamps.size() > 1) cold_first_step = stamps[1] - stamps[0];
     if (run == 0 || profile) continue;
     totals.push_back(now_s() - start);
+    if (stamps.size() > 1) first_steps.push_back(stamps[1] - stamps[0]);  // encoding and step 1, nothing one-off
     for (size_t i = 2; i < stamps.size(); ++i) steps.push_back(stamps[i] - stamps[i - 1]);  // step 1 includes encoding
   }
   nlohmann::ordered_json j = {{"impl", "mmdit"}, {"model", pipe.name()}, {"variant", variant}, {"device", r.device},
@@ -99,6 +102,8 @@ void time_request(Pipeline& pipe, GenerateRequest r, const BenchOptions& o, doub
                               {"steps", r.steps}, {"cfg", r.cfg}, {"batch", r.batch},
                               {"attention", o.attention}, {"random_weights", o.random_weights},
                               {"load_s", load_s}, {"step_ms", median(steps) * 1000.0},
+                              {"cold_first_step_ms", cold_first_step * 1000.0},
+                              {"first_step_ms", median(first_steps) * 1000.0},
                               {"pipeline_s", median(totals)}, {"runs", o.runs},
                               {"vae_tiling", r.vae_tiling}, {"prompts", o.prompts},
                               {"peak_memory_gib", double(peak_device_memory(at::Device(r.device))) / (1u << 30)},
