@@ -91,10 +91,11 @@ void time_request(Pipeline& pipe, GenerateRequest r, const BenchOptions& o, doub
     if (pipe.is_video()) pipe.generate_video(q, on_step);
     else pipe.generate(q, on_step);
     sync();
-    if (run == 0 && stamps.size() > 1) cold_first_step = stamps[1] - stamps[0];
+    const double first_step = stamps.size() > 1 ? stamps[1] - stamps[0] : 0;  // encoding and step 1
+    if (run == 0) cold_first_step = first_step;  // with the one-off work
     if (run == 0 || profile) continue;
     totals.push_back(now_s() - start);
-    if (stamps.size() > 1) first_steps.push_back(stamps[1] - stamps[0]);  // encoding and step 1, nothing one-off
+    first_steps.push_back(first_step);
     for (size_t i = 2; i < stamps.size(); ++i) steps.push_back(stamps[i] - stamps[i - 1]);  // step 1 includes encoding
   }
   nlohmann::ordered_json j = {{"impl", "mmdit"}, {"model", pipe.name()}, {"variant", variant}, {"device", r.device},
