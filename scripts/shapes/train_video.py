@@ -15,13 +15,17 @@ Stages (seeded):
 1. AutoencoderKLCogVideoX, the causal 3D VAE: 3 blocks (4x spatial compression, 16x16 latents at 64x64),
    temporal compression 4 (17 frames -> 5 latent frames), 16 latent channels; L1 + MSE reconstruction + a small
    KL term, through diffusers' own encode/decode (their frame batching and causal caches, as at inference).
-   scaling_factor is then 1 / the latents' standard deviation (the CogVideoX pipelines use no shift).
+   scaling_factor is then --latent-scale / the latents' standard deviation (the CogVideoX pipelines use no shift).
 2. With the VAE frozen: CogVideoXTransformer3DModel and the T5 encoder (T5EncoderModel, narrow) from scratch,
    trained jointly with v-prediction on the scheduler's alphas_cumprod (CogVideoXDDIMScheduler, snr_shift_scale
-   3, zero terminal SNR), timesteps uniform over 0..999: the loss of diffusers' examples/cogvideo
+   --snr-shift, 3 by default, zero terminal SNR), timesteps uniform over 0..999: the loss of diffusers' examples/cogvideo
    (x0 error weighted by 1 / (1 - alphas_cumprod) is the v error). Captions are encoded as
    CogVideoXPipeline.encode_prompt does (padded to max_sequence_length, no attention mask); 10% are dropped to
    "" for CFG. bf16 autocast on the GPU; every draw of a step comes from one generator on the device.
+Why --latent-scale and --snr-shift: the committed VAE keeps an object's shape in a small part of its latents'
+variance (the spatial detail, see diagnose_video.py), so with scaling_factor at 1 / the std a wrong shape costs
+the DiT's loss little, and it learns blobs. A larger scale makes the shape count (K = 3.8 gives the detail the image demo's variance).
+--dit-object-weight, --dit-detail-weight and --t-logit-normal re-weight the loss (tried; docs/SHAPES.md).
 --image-frac F trains that fraction of the DiT steps on the clips' first latent frames alone (single images, at
 --image-batch), the rest on whole clips.
 --checkpoint-every S saves the pipeline every S seconds of DiT training (and --checkpoint-tar writes it as a
@@ -55,6 +59,7 @@ import world  # noqa: E402
 from _tiny_cogvideox import SCHED_COMMON  # noqa: E402  (the real CogVideoX scheduler config)
 from evaluate import image_seed as clip_seed  # noqa: E402  (seed = s * 100000 + caption index, as for images)
 from train import log  # noqa: E402
+from video_latents import detail, detail_share, draw_timesteps, object_weights  # noqa: E402
 
 MAX_TEXT_LEN = 32  # max_text_seq_length: the T5 tokens every caption is padded to (a caption takes 11-13)
 
@@ -175,6 +180,7 @@ def build(a, captions, tmp):
     if a.vae_from:
         vae = AutoencoderKLCogVideoX.from_pretrained(pathlib.Path(a.vae_from) / "vae", **f32)
         a.vae_channels = ",".join(str(c) for c in vae.config.block_out_channels)
+        vae.register_to_config(scaling_factor=vae.config.scaling_factor * a.latent_scale)
     else:
         vae = new_vae(a)
     return tok, t5, new_transformer(a, len(vae.config.block_out_channels)), vae
@@ -235,9 +241,10 @@ def train_vae(vae, vids, a, dev, gen):
     vae.eval().requires_grad_(False)
     if not a.decoder_only:
         mean, _ = encode_all(vae, vids[:512], dev)
-        scale = 1.0 / mean.std().item()
+        scale = a.latent_scale / mean.std().item()
         vae.register_to_config(scaling_factor=scale)
         log(f"vae latents: mean {mean.mean().item():.4f} std {mean.std().item():.4f} -> scaling_factor {scale:.4f}")
+    log(f"vae latent detail share: {detail_share(encode_all(vae, vids[:64], dev)[0]):.4f}")
     log("vae reconstructions of held-out clips, checker: " + json.dumps(score_reconstructions(vae, a, dev, 4 if a.smoke else a.recon_n)))
 
 
@@ -297,12 +304,13 @@ def train_dit(parts, vids, caps, a, dev, save_checkpoint):
     tok, t5, transformer, vae = parts
     if a.dit_steps == 0:
         return
-    sched = CogVideoXDDIMScheduler(**SCHED_COMMON, snr_shift_scale=3.0)
+    sched = CogVideoXDDIMScheduler(**SCHED_COMMON, snr_shift_scale=a.snr_shift)
     ac = sched.alphas_cumprod.to(dev, torch.float32)
     t_enc = time.time()
     mean, std = encode_all(vae, vids, dev)
     log(f"latents of {len(mean)} clips cached in {time.time() - t_enc:.0f} s: {tuple(mean.shape[1:])}")
     scale = vae.config.scaling_factor
+    weights = object_weights(vids, a.dit_object_weight, dev) if a.dit_object_weight != 1 else None
     ids = tokenize(tok, list(caps) + [""]).to(dev)  # row len(caps): the dropped caption
     params = list(transformer.parameters()) + list(t5.parameters())
     fused = dict(fused=True) if dev.type == "cuda" else {}
@@ -335,14 +343,21 @@ def train_dit(parts, vids, caps, a, dev, save_checkpoint):
         x0 = (m + sd * torch.randn(m.shape, generator=gen, device=dev)) * scale
         x0 = x0.permute(0, 2, 1, 3, 4)  # [B, F, C, h, w], the transformer's layout
         noise = torch.randn(x0.shape, generator=gen, device=dev)
-        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen, device=dev)
+        t = draw_timesteps(a, batch, sched.config.num_train_timesteps, gen, dev)
         s_a, s_n = ac[t].sqrt().view(-1, 1, 1, 1, 1), (1 - ac[t]).sqrt().view(-1, 1, 1, 1, 1)
         xt = s_a * x0 + s_n * noise
         target = s_a * noise - s_n * x0  # v
         with amp(dev):
             emb = t5(ids[cap_idx])[0]
             pred = transformer(hidden_states=xt, encoder_hidden_states=emb, timestep=t, return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), target)
+        err = pred.float() - target
+        if weights is None:
+            loss = err.pow(2).mean()
+        else:  # latent positions at the shape count --dit-object-weight times (per sample, normalised)
+            w = (weights[idx, :1] if image else weights[idx]).unsqueeze(2)  # [B, F, 1, h, w]
+            loss = ((w * err ** 2).mean((1, 2, 3, 4)) / w.mean((1, 2, 3, 4))).mean()
+        if a.dit_detail_weight:
+            loss = loss + a.dit_detail_weight * detail(err).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -370,7 +385,7 @@ def save(parts, out, a, tmp):
     dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[a.save_dtype]
     training = [m for m in (t5, transformer, vae) if m.training]
     pipe = CogVideoXPipeline(tokenizer=tok, text_encoder=t5, vae=vae, transformer=transformer,
-                             scheduler=CogVideoXDDIMScheduler(**SCHED_COMMON, snr_shift_scale=3.0))
+                             scheduler=CogVideoXDDIMScheduler(**SCHED_COMMON, snr_shift_scale=a.snr_shift))
     out = pathlib.Path(out)
     part = out.with_name(out.name + ".saving")
     shutil.rmtree(part, ignore_errors=True)
@@ -386,7 +401,9 @@ def save(parts, out, a, tmp):
     before = json.loads((pathlib.Path(a.resume) / "shapes_video.json").read_text()) if a.resume else None
     keys = ("size", "seed", "n", "vae_steps", "vae_batch", "vae_lr", "vae_channels", "kl", "decoder_only", "object_weight", "vae_time_budget", "vae_lr_schedule",
             "dit_steps", "batch", "image_frac", "image_batch", "lr", "lr_floor", "lr_schedule", "warmup", "drop", "time_budget", "layers", "heads",
-            "patch_size", "time_dim", "t5_dim", "t5_layers", "resume", "vae_from", "text_from")
+            "patch_size", "time_dim", "t5_dim", "t5_layers", "resume", "vae_from", "text_from", "dit_object_weight",
+            "dit_detail_weight", "t_logit_normal",
+            "latent_scale", "snr_shift")
     info = {"resumed_from_run": before, **{k: getattr(a, k) for k in keys},
             "vae_steps_done": getattr(a, "vae_steps_done", 0), "dit_steps_done": getattr(a, "dit_steps_done", 0),
             "dit_seconds": getattr(a, "dit_seconds", None), "train_seconds": round(time.time() - a.t0),
@@ -489,6 +506,15 @@ def main(argv=None):
     ap.add_argument("--image-frac", type=float, default=0,
                     help="this fraction of the DiT steps trains on first latent frames alone (single images)")
     ap.add_argument("--image-batch", type=int, default=1024, help="the batch of those image steps")
+    ap.add_argument("--dit-object-weight", type=float, default=1.0,
+                    help="the DiT loss at latent positions of the shape counts this many times")
+    ap.add_argument("--latent-scale", type=float, default=1.0,
+                    help="a new DiT's latents: the VAE's scaling_factor (1 / the latents' std) times this")
+    ap.add_argument("--snr-shift", type=float, help="the scheduler's snr_shift_scale (default: the resumed model's, "
+                    "else 3, CogVideoX-2b's; CogVideoX-5b's is 1)")
+    ap.add_argument("--dit-detail-weight", type=float, default=0.0,
+                    help="add this times the squared error of the prediction's spatial detail (z - its 3x3 mean)")
+    ap.add_argument("--t-logit-normal", type=float, help="draw timesteps as sigmoid(N(M, 1)) x 1000, not uniform")
     ap.add_argument("--time-budget", type=float, default=0, help="end the DiT stage after this many seconds")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=3, help="attention heads of 64")
@@ -513,6 +539,11 @@ def main(argv=None):
         a.vae_steps = 0
     if not 0 <= a.image_frac < 1:
         ap.error("--image-frac: must be in [0, 1) (clip steps teach the motion)")
+    if a.resume and a.latent_scale != 1:
+        ap.error("--latent-scale: only for a new DiT (its latents' scale is the resumed DiT's)")
+    if a.snr_shift is None:  # the resumed model's, else CogVideoX-2b's
+        a.snr_shift = (json.loads((pathlib.Path(a.resume) / "scheduler" / "scheduler_config.json").read_text())
+                       .get("snr_shift_scale", 3.0) if a.resume else 3.0)
     torch.manual_seed(a.seed)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True  # the VAE's 3D convolutions: fixed shapes
