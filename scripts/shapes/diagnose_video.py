@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Why a shapes-video model draws blobs: two measurements of a saved pipeline (train_video.py's), on the CPU.
+
+    diagnose_video.py MODEL [--clips 4] [--t 100,300,500] [--split train] [--picture out.png]
+                      [--image-demo demo/shapes-world]
+
+1. The VAE: the share of each clip's latent variance that is spatial detail (z minus its 3x3 mean,
+   train_video.detail), and that detail's variance in the scaled latents. The shape of an object lives there:
+   blurring the latents 3x3 decodes a triangle as a blob. detail_snr is the noise schedule's SNR at t times that
+   variance: how visible the shape is in the noised latents the DiT sees.
+2. The DiT: its x0 prediction from a clip noised to timestep t (the scheduler's alphas_cumprod, v-prediction),
+   decoded, and the fraction of its frames in which the checker sees the caption's colour and shape
+   (x0_shape_frames; the VAE's reconstruction of the same clips: reconstruction_shape_frames). With --picture,
+   a strip: per clip a row of the reconstruction, then the decoded x0 prediction at each t (frames 0 and 8).
+"""
+import argparse
+import json
+import pathlib
+import random
+import sys
+
+import numpy as np
+import torch
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE.parent / "goldens"))
+import checker  # noqa: E402
+import world  # noqa: E402
+from train_video import render_np, strip, tokenize  # noqa: E402
+from video_latents import detail, detail_share  # noqa: E402
+
+
+def to_frames(vae, z):
+    """Scaled latents [1, F, C, h, w] -> uint8 frames [frames, H, W, 3]."""
+    x = vae.decode(z.permute(0, 2, 1, 3, 4) / vae.config.scaling_factor).sample[0]
+    return ((x.permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+
+
+@torch.no_grad()
+def image_demo(folder, snrs, n, seed):
+    """The same x0 test on the image demo (an SD3 pipeline, flow matching: x_s = (1 - s) x0 + s noise, so
+    SNR = ((1 - s) / s)^2): the checker's colour+shape of its objects at each SNR, on n training scenes."""
+    from diffusers import StableDiffusion3Pipeline
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None,
+                                                    torch_dtype=torch.float32)
+    c, rng, gen = pipe.vae.config, random.Random(f"diagnose:image:{seed}"), torch.Generator().manual_seed(seed)
+    hits = {snr: [] for snr in snrs}
+    for _ in range(n):
+        scene = world.sample_scene(rng, "train")
+        cap = world.caption(scene)
+        x = torch.from_numpy(np.array(world.render(scene))).permute(2, 0, 1)[None].float() / 127.5 - 1
+        x0 = (pipe.vae.encode(x).latent_dist.mean - c.shift_factor) * c.scaling_factor
+        emb, _, pooled, _ = pipe.encode_prompt(cap, cap, cap, do_classifier_free_guidance=False)
+        for snr in snrs:
+            s = 1 / (1 + snr ** 0.5)
+            xs = (1 - s) * x0 + s * torch.randn(x0.shape, generator=gen)
+            v = pipe.transformer(hidden_states=xs, timestep=torch.tensor([s * 1000]), encoder_hidden_states=emb,
+                                 pooled_projections=pooled, return_dict=False)[0]
+            img = pipe.vae.decode((xs - s * v) / c.scaling_factor + c.shift_factor).sample[0]
+            img = ((img.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+            hits[snr] += [o["colour_shape"] for o in checker.score(img, cap)["objects"]]
+    return {round(snr, 3): round(float(np.mean(h)), 3) for snr, h in hits.items()}
+
+
+@torch.no_grad()
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--clips", type=int, default=4)
+    ap.add_argument("--t", default="100,300,500", help="timesteps of the x0 predictions")
+    ap.add_argument("--split", default="train", choices=["train", "heldout"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--picture")
+    ap.add_argument("--image-demo", help="also the image demo (demo/shapes-world) at the same SNRs, on 2x --clips scenes")
+    a = ap.parse_args(argv)
+    from diffusers import CogVideoXPipeline
+    from diffusers.utils import logging
+    logging.set_verbosity_error()
+    pipe = CogVideoXPipeline.from_pretrained(a.model, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    vae, ac = pipe.vae, pipe.scheduler.alphas_cumprod
+    rng = random.Random(f"diagnose:{a.split}:{a.seed}")
+    gen = torch.Generator().manual_seed(a.seed)
+    ts = [int(t) for t in a.t.split(",")]
+    share, dvar, recon, kept, rows = [], [], [], {t: [] for t in ts}, []
+    for _ in range(a.clips):
+        clip = world.sample_clip(rng, a.split)
+        x = torch.from_numpy(render_np(clip)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        x0 = (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).permute(0, 2, 1, 3, 4)  # [1, F, C, h, w]
+        share.append(detail_share(x0))
+        dvar.append(detail(x0).pow(2).mean().item())
+        caption = world.clip_caption(clip)
+        emb = pipe.text_encoder(tokenize(pipe.tokenizer, [caption]))[0]
+        row = [to_frames(vae, x0)]
+        recon.append(checker.score_clip(list(row[0]), caption)["frames_right"])
+        for t in ts:
+            s_a, s_n = ac[t].sqrt(), (1 - ac[t]).sqrt()
+            xt = s_a * x0 + s_n * torch.randn(x0.shape, generator=gen)
+            v = pipe.transformer(hidden_states=xt, encoder_hidden_states=emb, timestep=torch.tensor([t]),
+                                 return_dict=False)[0]
+            pred = s_a * xt - s_n * v
+            frames = to_frames(vae, pred)
+            kept[t].append(checker.score_clip(list(frames), caption)["frames_right"])
+            row.append(frames)
+        rows.append([f for r in row for f in (r[0], r[8])])
+    result = {"latent_detail_share": round(float(np.mean(share)), 4),
+              "reconstruction_shape_frames": round(float(np.mean(recon)), 3),
+              "x0_shape_frames": {t: round(float(np.mean(k)), 3) for t, k in kept.items()},
+              "latent_detail_variance": round(float(np.mean(dvar)), 5),
+              "snr": {t: round(float(ac[t] / (1 - ac[t])), 3) for t in ts},
+              "detail_snr": {t: round(float(ac[t] / (1 - ac[t]) * np.mean(dvar)), 4) for t in ts},
+              "clips": a.clips, "split": a.split}
+    if a.image_demo:
+        result["image_demo_x0_colour_shape_at_snr"] = image_demo(a.image_demo, [float(ac[t] / (1 - ac[t])) for t in ts],
+                                                                 2 * a.clips, a.seed)
+    print(json.dumps(result))
+    if a.picture:
+        strip(rows, a.picture, every=1, scale=2, gap=4)
+
+
+if __name__ == "__main__":
+    main()
