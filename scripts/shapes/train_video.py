@@ -24,7 +24,8 @@ Stages (seeded):
    "" for CFG. bf16 autocast on the GPU; every draw of a step comes from one generator on the device.
 Why --latent-scale and --snr-shift: the committed VAE keeps an object's shape in a small part of its latents'
 variance (the spatial detail, see diagnose_video.py), so with scaling_factor at 1 / the std a wrong shape costs
-the DiT's loss little, and it learns blobs. A larger scale makes the shape count (K = 3.8 gives the detail the image demo's variance).
+the DiT's loss little, and it learns blobs. A larger scale makes the shape count (K = 3.8 gives the detail the
+image demo's variance).
 --dit-object-weight, --dit-detail-weight and --t-logit-normal re-weight the loss (tried; docs/SHAPES.md).
 --image-frac F trains that fraction of the DiT steps on the clips' first latent frames alone (single images, at
 --image-batch), the rest on whole clips.
