@@ -50,6 +50,11 @@ import json, pathlib, sys
 w, dit, vae = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 info = lambda n: json.loads((w / n / "shapes_video.json").read_text())  # noqa: E731
 (w / "final" / "shapes_video.json").write_text(json.dumps({"dit": info(dit), "vae": info(vae)}, indent=1))
+# the decoder is the other run's, the latents' scale the DiT's (train_video.py --latent-scale)
+cfg = lambda n: json.loads((w / n / "vae" / "config.json").read_text())  # noqa: E731
+joined = cfg("final")
+joined["scaling_factor"] = cfg(dit)["scaling_factor"]
+(w / "final" / "vae" / "config.json").write_text(json.dumps(joined, indent=2))
 EOF
   $T "$W/final" --eval-only --eval "${EVAL_N:-50}" ${EVAL_ARGS:-} > "$OUT/final.log" 2>&1
   tar czf "$OUT/final.tgz" -C "$W" final
