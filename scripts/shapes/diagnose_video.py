@@ -10,7 +10,10 @@
    variance: how visible the shape is in the noised latents the DiT sees.
 2. The DiT: its x0 prediction from a clip noised to timestep t (the scheduler's alphas_cumprod, v-prediction),
    decoded, and the fraction of its frames in which the checker sees the caption's colour and shape
-   (x0_shape_frames; the VAE's reconstruction of the same clips: reconstruction_shape_frames). With --picture,
+   (x0_shape_frames; the VAE's reconstruction of the same clips: reconstruction_shape_frames). Against it,
+   noised_shape_frames: the same for the noised latents by themselves (xt / sqrt(alphas_cumprod), no DiT), what
+   the input still shows. Where that is near 0 and x0_shape_frames is high, the DiT drew the shape from the
+   caption; an untrained DiT scores near noised_shape_frames. With --picture,
    a strip: per clip a row of the reconstruction, then the decoded x0 prediction at each t (frames 0 and 8).
 """
 import argparse
@@ -40,12 +43,13 @@ def to_frames(vae, z):
 @torch.no_grad()
 def image_demo(folder, snrs, n, seed):
     """The same x0 test on the image demo (an SD3 pipeline, flow matching: x_s = (1 - s) x0 + s noise, so
-    SNR = ((1 - s) / s)^2): the checker's colour+shape of its objects at each SNR, on n training scenes."""
+    SNR = ((1 - s) / s)^2): the checker's colour+shape of its objects at each SNR, on n training scenes, for the
+    x0 prediction and for the noised latents alone (x_s / (1 - s))."""
     from diffusers import StableDiffusion3Pipeline
     pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None,
                                                     torch_dtype=torch.float32)
     c, rng, gen = pipe.vae.config, random.Random(f"diagnose:image:{seed}"), torch.Generator().manual_seed(seed)
-    hits = {snr: [] for snr in snrs}
+    hits, seen = {snr: [] for snr in snrs}, {snr: [] for snr in snrs}
     for _ in range(n):
         scene = world.sample_scene(rng, "train")
         cap = world.caption(scene)
@@ -57,10 +61,12 @@ def image_demo(folder, snrs, n, seed):
             xs = (1 - s) * x0 + s * torch.randn(x0.shape, generator=gen)
             v = pipe.transformer(hidden_states=xs, timestep=torch.tensor([s * 1000]), encoder_hidden_states=emb,
                                  pooled_projections=pooled, return_dict=False)[0]
-            img = pipe.vae.decode((xs - s * v) / c.scaling_factor + c.shift_factor).sample[0]
-            img = ((img.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
-            hits[snr] += [o["colour_shape"] for o in checker.score(img, cap)["objects"]]
-    return {round(snr, 3): round(float(np.mean(h)), 3) for snr, h in hits.items()}
+            for z, h in ((xs - s * v, hits), (xs / (1 - s), seen)):  # the x0 prediction; the noised latents alone
+                img = pipe.vae.decode(z / c.scaling_factor + c.shift_factor).sample[0]
+                img = ((img.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+                h[snr] += [o["colour_shape"] for o in checker.score(img, cap)["objects"]]
+    mean = lambda d: {round(snr, 3): round(float(np.mean(h)), 3) for snr, h in d.items()}  # noqa: E731
+    return {"x0_colour_shape": mean(hits), "noised_colour_shape": mean(seen)}
 
 
 @torch.no_grad()
@@ -83,7 +89,8 @@ def main(argv=None):
     rng = random.Random(f"diagnose:{a.split}:{a.seed}")
     gen = torch.Generator().manual_seed(a.seed)
     ts = [int(t) for t in a.t.split(",")]
-    share, dvar, recon, kept, rows = [], [], [], {t: [] for t in ts}, []
+    share, dvar, recon, rows = [], [], [], []
+    kept, visible = {t: [] for t in ts}, {t: [] for t in ts}
     for _ in range(a.clips):
         clip = world.sample_clip(rng, a.split)
         x = torch.from_numpy(render_np(clip)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
@@ -102,17 +109,20 @@ def main(argv=None):
             pred = s_a * xt - s_n * v
             frames = to_frames(vae, pred)
             kept[t].append(checker.score_clip(list(frames), caption)["frames_right"])
+            # what the noised latents show by themselves (no DiT): the x0 estimate xt / sqrt(alphas_cumprod)
+            visible[t].append(checker.score_clip(list(to_frames(vae, xt / s_a)), caption)["frames_right"])
             row.append(frames)
         rows.append([f for r in row for f in (r[0], r[8])])
     result = {"latent_detail_share": round(float(np.mean(share)), 4),
               "reconstruction_shape_frames": round(float(np.mean(recon)), 3),
               "x0_shape_frames": {t: round(float(np.mean(k)), 3) for t, k in kept.items()},
+              "noised_shape_frames": {t: round(float(np.mean(k)), 3) for t, k in visible.items()},
               "latent_detail_variance": round(float(np.mean(dvar)), 5),
               "snr": {t: round(float(ac[t] / (1 - ac[t])), 3) for t in ts},
               "detail_snr": {t: round(float(ac[t] / (1 - ac[t]) * np.mean(dvar)), 4) for t in ts},
               "clips": a.clips, "split": a.split}
     if a.image_demo:
-        result["image_demo_x0_colour_shape_at_snr"] = image_demo(a.image_demo, [float(ac[t] / (1 - ac[t])) for t in ts],
+        result["image_demo_at_snr"] = image_demo(a.image_demo, [float(ac[t] / (1 - ac[t])) for t in ts],
                                                                  2 * a.clips, a.seed)
     print(json.dumps(result))
     if a.picture:
