@@ -30,7 +30,8 @@ sys.path.insert(0, str(HERE))
 sys.path.append(str(HERE.parent / "goldens"))
 import checker  # noqa: E402
 import world  # noqa: E402
-from train_video import render_np, strip, tokenize  # noqa: E402
+from train import to_tensor  # noqa: E402
+from train_video import encode_all, render_clips, strip, tokenize  # noqa: E402
 from video_latents import detail, detail_share  # noqa: E402
 
 
@@ -53,7 +54,7 @@ def image_demo(folder, snrs, n, seed):
     for _ in range(n):
         scene = world.sample_scene(rng, "train")
         cap = world.caption(scene)
-        x = torch.from_numpy(np.array(world.render(scene))).permute(2, 0, 1)[None].float() / 127.5 - 1
+        x = to_tensor(np.asarray(world.render(scene))[None], [0], "cpu")
         x0 = (pipe.vae.encode(x).latent_dist.mean - c.shift_factor) * c.scaling_factor
         emb, _, pooled, _ = pipe.encode_prompt(cap, cap, cap, do_classifier_free_guidance=False)
         for snr in snrs:
@@ -89,14 +90,13 @@ def main(argv=None):
     rng = random.Random(f"diagnose:{a.split}:{a.seed}")
     gen = torch.Generator().manual_seed(a.seed)
     ts = [int(t) for t in a.t.split(",")]
-    share, dvar, recon, rows = [], [], [], []
+    clips = [world.sample_clip(rng, a.split) for _ in range(a.clips)]
+    lat = encode_all(vae, torch.from_numpy(render_clips(clips)), torch.device("cpu"))[0] * vae.config.scaling_factor
+    dvar = detail(lat).pow(2).mean().item()
+    recon, rows = [], []
     kept, visible = {t: [] for t in ts}, {t: [] for t in ts}
-    for _ in range(a.clips):
-        clip = world.sample_clip(rng, a.split)
-        x = torch.from_numpy(render_np(clip)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-        x0 = (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).permute(0, 2, 1, 3, 4)  # [1, F, C, h, w]
-        share.append(detail_share(x0))
-        dvar.append(detail(x0).pow(2).mean().item())
+    for clip, z in zip(clips, lat):
+        x0 = z[None].permute(0, 2, 1, 3, 4)  # [1, F, C, h, w], the transformer's layout
         caption = world.clip_caption(clip)
         emb = pipe.text_encoder(tokenize(pipe.tokenizer, [caption]))[0]
         row = [to_frames(vae, x0)]
@@ -113,13 +113,13 @@ def main(argv=None):
             visible[t].append(checker.score_clip(list(to_frames(vae, xt / s_a)), caption)["frames_right"])
             row.append(frames)
         rows.append([f for r in row for f in (r[0], r[8])])
-    result = {"latent_detail_share": round(float(np.mean(share)), 4),
+    result = {"latent_detail_share": round(detail_share(lat), 4),
               "reconstruction_shape_frames": round(float(np.mean(recon)), 3),
               "x0_shape_frames": {t: round(float(np.mean(k)), 3) for t, k in kept.items()},
               "noised_shape_frames": {t: round(float(np.mean(k)), 3) for t, k in visible.items()},
-              "latent_detail_variance": round(float(np.mean(dvar)), 5),
+              "latent_detail_variance": round(dvar, 5),
               "snr": {t: round(float(ac[t] / (1 - ac[t])), 3) for t in ts},
-              "detail_snr": {t: round(float(ac[t] / (1 - ac[t]) * np.mean(dvar)), 4) for t in ts},
+              "detail_snr": {t: round(float(ac[t] / (1 - ac[t]) * dvar), 4) for t in ts},
               "clips": a.clips, "split": a.split}
     if a.image_demo:
         result["image_demo_at_snr"] = image_demo(a.image_demo, [float(ac[t] / (1 - ac[t])) for t in ts],

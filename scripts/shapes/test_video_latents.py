@@ -14,6 +14,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.append(str(HERE.parent / "goldens"))
 import world  # noqa: E402
+from train import to_tensor  # noqa: E402
 from train_video import encode_all, render_clips  # noqa: E402
 from video_latents import detail, detail_share, object_weights  # noqa: E402
 
@@ -61,8 +62,8 @@ def vaes():
     v = torch.from_numpy(render_clips([world.sample_clip(rng, "train") for _ in range(8)]))
     video = detail_share(encode_all(vid, v, torch.device("cpu"), chunk=8)[0])
     img = AutoencoderKL.from_pretrained(ROOT / "demo/shapes-world/vae", torch_dtype=torch.float32)
-    x = torch.stack([torch.from_numpy(np.array(world.render(world.sample_scene(rng, "train")))).permute(2, 0, 1)
-                     for _ in range(16)]).float() / 127.5 - 1
+    x = to_tensor(np.stack([np.asarray(world.render(world.sample_scene(rng, "train"))) for _ in range(16)]),
+                  slice(None), "cpu")
     with torch.no_grad():
         image = detail_share(img.encode(x).latent_dist.mean)
     # measured on 64 clips / scenes: 0.031 and 0.49 (docs/SHAPES.md)

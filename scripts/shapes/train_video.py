@@ -240,12 +240,12 @@ def train_vae(vae, vids, a, dev, gen):
             break
     a.vae_steps_done = step + 1
     vae.eval().requires_grad_(False)
+    mean, _ = encode_all(vae, vids[:512], dev)
     if not a.decoder_only:
-        mean, _ = encode_all(vae, vids[:512], dev)
         scale = a.latent_scale / mean.std().item()
         vae.register_to_config(scaling_factor=scale)
         log(f"vae latents: mean {mean.mean().item():.4f} std {mean.std().item():.4f} -> scaling_factor {scale:.4f}")
-    log(f"vae latent detail share: {detail_share(encode_all(vae, vids[:64], dev)[0]):.4f}")
+    log(f"vae latent detail share: {detail_share(mean):.4f}")
     log("vae reconstructions of held-out clips, checker: " + json.dumps(score_reconstructions(vae, a, dev, 4 if a.smoke else a.recon_n)))
 
 
