@@ -7,8 +7,8 @@ all three hold.
 
     multiprompt_check.py 'FRAMES_%03d.png' N "colour [shape]" "colour [shape]"
 
-A want without a shape asks for an object of that colour, whatever its shape (the demo video model draws the
-colours and motions of its prompts, but most shapes as blobs: docs/SHAPES.md).
+A want without a shape asks for an object of that colour, whatever its shape (for a model that draws its prompts'
+colours but not yet their shapes, as the demo video model did before its DiT was retrained: docs/SHAPES.md).
 """
 import json
 import sys

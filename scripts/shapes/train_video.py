@@ -24,8 +24,8 @@ Stages (seeded):
    "" for CFG. bf16 autocast on the GPU; every draw of a step comes from one generator on the device.
 Why --latent-scale and --snr-shift: the committed VAE keeps an object's shape in a small part of its latents'
 variance (the spatial detail, see diagnose_video.py), so with scaling_factor at 1 / the std a wrong shape costs
-the DiT's loss little, and it learns blobs. A larger scale makes the shape count (K = 3.8 gives the detail the
-image demo's variance).
+the DiT's loss little, and it learned blobs. A larger scale makes the shape count (K = 3.8 gives the detail the
+image demo's variance); the committed model's DiT was trained so, with snr_shift_scale 1.
 --dit-object-weight, --dit-detail-weight and --t-logit-normal re-weight the loss (tried; docs/SHAPES.md).
 --image-frac F trains that fraction of the DiT steps on the clips' first latent frames alone (single images, at
 --image-batch), the rest on whole clips.
@@ -398,6 +398,10 @@ def save(parts, out, a, tmp):
     # (transformers would load a float16 T5 as float16 beside diffusers' float32 models, and the call would fail).
     cpu.text_encoder.to(torch.float32)
     cpu.save_pretrained(part, safe_serialization=True)
+    for cfg in part.glob("*/config.json"):  # a resumed model's configs name the folder it came from: not ours to keep
+        c = json.loads(cfg.read_text())
+        if c.pop("_name_or_path", None) is not None:
+            cfg.write_text(json.dumps(c, indent=2, sort_keys=True) + "\n")
     shutil.copy(tmp / "tokenizer" / "spiece.model", part / "tokenizer" / "spiece.model")  # mmdit reads it
     before = json.loads((pathlib.Path(a.resume) / "shapes_video.json").read_text()) if a.resume else None
     keys = ("size", "seed", "n", "vae_steps", "vae_batch", "vae_lr", "vae_channels", "kl", "decoder_only", "object_weight", "vae_time_budget", "vae_lr_schedule",
