@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains the video demo model demo/shapes-video from nothing, with the recipe and step counts it was made with
 # (docs/SHAPES.md, the video part), on one CUDA GPU with diffusers importable (on the GPU box: the wheel in .whl,
-# see gpu_train_video.sh), then scores it on held-out captions with diffusers. About 30 minutes on one H100
+# see gpu_train_video.sh), then scores it on held-out captions with diffusers. About 35 minutes on one GPU
 # (estimated from the seven device calls that made the model), so on the GPU box split it over commands with
 # STAGES (a comma list; stages 4, 6 and 8 run beside 3, 5 and 7): STAGES=1,2 then 3, 5, 7, 9, 10, 11 (the folder
 # OUT must survive in between, or be carried).

@@ -538,8 +538,9 @@ def main(argv=None):
     ap.add_argument("--recon-n", type=int, default=64, help="held-out clips the VAE's reconstructions are scored on")
     ap.add_argument("--render-only", action="store_true", help="render the --n clips into --data-cache, nothing else")
     a = ap.parse_args(argv)
-    if a.smoke:
-        a.n, a.batch, a.vae_batch, a.vae_steps, a.dit_steps, a.warmup, a.device = 32, 2, 2, 2, 2, 1, "cpu"
+    if a.smoke:  # a stage asked for no VAE (or DiT) steps keeps none: a resumed VAE keeps its latents' scale
+        a.n, a.batch, a.vae_batch, a.warmup, a.device = 32, 2, 2, 1, "cpu"
+        a.vae_steps, a.dit_steps = min(a.vae_steps, 2), min(a.dit_steps, 2)
     if a.vae_from:
         a.vae_steps = 0
     if not 0 <= a.image_frac < 1:
