@@ -19,6 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import checker  # noqa: E402
+from multiprompt_check import shows  # noqa: E402
 
 
 def feature(frame, grid=4):
@@ -38,11 +39,6 @@ def cscv(frames):
     f = [feature(x) for x in frames]
     s = np.array([float(a @ b) for a, b in zip(f, f[1:])])
     return float(1.0 / (1.0 + 10.0 * s.std() / s.mean())) if s.mean() > 0 else 0.0
-
-
-def shows(frame, want):
-    colour, shape = want.split()
-    return any(o["colour"] == colour and o["shape"] == shape for o in checker.detect(frame))
 
 
 def main():

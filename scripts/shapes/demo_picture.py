@@ -27,6 +27,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import checker  # noqa: E402
 import cscv  # noqa: E402
+from multiprompt_check import largest_step_share, shows  # noqa: E402
 from train_video import strip  # noqa: E402
 
 PROMPTS = [  # top row, then bottom row; purple star and green triangle are held-out pairs (never trained on)
@@ -76,12 +77,6 @@ def read_frames(folder):
     return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("f_*.png"))]
 
 
-def largest_step(frames):
-    f = [x.astype(np.float64) for x in frames]
-    total = np.abs(f[-1] - f[0]).mean()
-    return max(np.abs(b - a).mean() for a, b in zip(f, f[1:])) / total
-
-
 def multiprompt_picture(a, tmp):
     """The multi-prompt rows and the hard cut, their numbers printed as a table, the first two rows drawn."""
     base = {"model": str(pathlib.Path(a.model).resolve()), "seed": 0, "device": "cpu", "dtype": "f32", "steps": 25}
@@ -95,9 +90,9 @@ def multiprompt_picture(a, tmp):
     videos["two clips, hard cut"] = read_frames(tmp / str(len(MULTI_ROWS))) + read_frames(tmp / str(len(MULTI_ROWS) + 1))
     print("| video | CSCV | first prompt | last prompt | largest step / total change |\n|---|---|---|---|---|")
     for name, frames in videos.items():
-        first = np.mean([cscv.shows(x, MULTI_WANTS[0]) for x in frames[:TILE]])
-        last = np.mean([cscv.shows(x, MULTI_WANTS[1]) for x in frames[-TILE:]])
-        print(f"| {name} | {cscv.cscv(frames):.3f} | {first:.3f} | {last:.3f} | {largest_step(frames):.1%} |")
+        first = np.mean([shows(x, MULTI_WANTS[0]) for x in frames[:TILE]])
+        last = np.mean([shows(x, MULTI_WANTS[1]) for x in frames[-TILE:]])
+        print(f"| {name} | {cscv.cscv(frames):.3f} | {first:.3f} | {last:.3f} | {largest_step_share(frames):.1%} |")
     strip([videos["DiTCtrl (defaults)"], videos["--no-kv-share"]], a.out, every=5, scale=VIDEO_SCALE, gap=GAP)
 
 
