@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Trains the video demo model demo/shapes-video from nothing, with the recipe and step counts it was made with
 # (docs/SHAPES.md, the video part), on one CUDA GPU with diffusers importable (on the GPU box: the wheel in .whl,
-# see gpu_train_video.sh), then scores it on held-out captions with diffusers. About 35 minutes on one GPU
-# (estimated from the seven device calls that made the model), so on the GPU box split it over commands with
-# STAGES (a comma list; stages 4, 6 and 8 run beside 3, 5 and 7): STAGES=1,2 then 3, 5, 7, 9, 10, 11 (the folder
-# OUT must survive in between, or be carried).
+# see gpu_train_video.sh), then scores it on held-out captions with diffusers. About 45 minutes on one GPU
+# (estimated from the nine device calls that made the model), so on the GPU box split it over commands with
+# STAGES (a comma list; stages 4, 6 and 8 run beside 3, 5 and 7): STAGES=1,2 then 3, 5, 7, 9, 10, 11, 12, 13
+# (the folder OUT must survive in between, or be carried).
 #   scripts/shapes/reproduce_video.sh OUT_DIR     -> OUT_DIR/shapes-video, OUT_DIR/*.log, OUT_DIR/shapes-video/eval
 # SMOKE=1 EVAL_N=2 runs every stage for a few CPU steps (train_video.py --smoke): a check of the script itself.
-# The original stages 2, 3, 5, 7, 9, 10 and 11 ran a cosine over a time budget (195, 238, 280, 280, 300, 330 and
-# 200 s) that reached the step counts below, and stages 4, 6 and 8 (the decoder) likewise over 262, 280 and 280 s;
+# The original stages 2, 3, 5, 7, 9-13 ran a cosine over a time budget (195, 238, 280, 280, 300, 330, 200, 290 and
+# 290 s) that reached the step counts below, and stages 4, 6 and 8 (the decoder) likewise over 262, 280 and 280 s;
 # here the cosines run over those steps. Training on the GPU is not bit-reproducible: a rerun gives an equivalent
 # model, not the same files.
 set -euo pipefail
 OUT=${1:?usage: reproduce_video.sh OUT_DIR}
-STAGES=${STAGES:-1,2,3,5,7,9,10,11}
+STAGES=${STAGES:-1,2,3,5,7,9,10,11,12,13}
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
 T="${PY:-python3} scripts/shapes/train_video.py ${SMOKE:+--smoke}"
 D="--n 30000 --data-cache $OUT/clips.npy"
@@ -94,12 +94,12 @@ if has 7; then
   rounds m56 dit4 vae4 "--lr 6e-4 --lr-floor 0.02 --warmup 50 --dit-steps 990" 1391 2e-4 \
     "7. DiT continued + 8. VAE decoder"
   # Stage 7's DiT, T5 and tokenizer with stage 8's VAE (stage 1's encoder, stage 8's decoder): the model until
-  # stages 9-11 replaced its DiT.
+  # stages 9-13 replaced its DiT.
   combine dit4 vae4 m78 "the VAE, the DiT and T5 on its latents, then three rounds of the DiT continued beside the VAE's decoder fine-tuned alone" \
     1_vae:vae 2_dit:dit 3_dit_continued:dit2 4_vae_decoder:vae2 5_dit_continued:dit3 6_vae_decoder:vae3 \
     7_dit_continued:dit4 8_vae_decoder:vae4
 fi
-# Stages 9-11: a new DiT on the same VAE, with its latents scaled 3.8x (docs/SHAPES.md "Why the DiT drew blobs":
+# Stages 9-13: a new DiT on the same VAE, with its latents scaled 3.8x (docs/SHAPES.md "Why the DiT drew blobs":
 # the shape is in the latents' spatial detail, which was 0.031 of their variance) and snr_shift_scale 1. Three steps
 # in four train on first latent frames alone (batch 1024 images), the fourth on clips (batch 256).
 S="--batch 256 --image-frac 0.75 --image-batch 1024 --lr-floor 0.05"
@@ -116,13 +116,24 @@ if has 10; then
   took "10. DiT continued"
 fi
 if has 11; then
-  # 11. Stage 10 continued: AdamW 7e-4, 30 warm-up steps, cosine to 5% over 3450 steps. This is the model.
-  $T "$OUT/shapes-video" --resume "$OUT/dit6" --vae-steps 0 $D $S --lr 7e-4 --warmup 30 --dit-steps 3450 \
-    > "$OUT/dit7.log" 2>&1
+  # 11. Stage 10 continued: AdamW 7e-4, 30 warm-up steps, cosine to 5% over 3450 steps.
+  $T "$OUT/dit7" --resume "$OUT/dit6" --vae-steps 0 $D $S --lr 7e-4 --warmup 30 --dit-steps 3450 > "$OUT/dit7.log" 2>&1
   took "11. DiT continued"
-  record shapes-video "the VAE, a first DiT and T5 on its latents with the VAE's decoder fine-tuned beside it, then a new DiT on the latents scaled 3.8x, continued twice" \
+fi
+if has 12; then
+  # 12. Stage 11 continued: AdamW 5e-4, 30 warm-up steps, cosine to 5% over 3110 steps.
+  $T "$OUT/dit8" --resume "$OUT/dit7" --vae-steps 0 $D $S --lr 5e-4 --warmup 30 --dit-steps 3110 > "$OUT/dit8.log" 2>&1
+  took "12. DiT continued"
+fi
+if has 13; then
+  # 13. Stage 12 continued: AdamW 4e-4, 30 warm-up steps, cosine to 5% over 6225 steps. This is the model.
+  $T "$OUT/shapes-video" --resume "$OUT/dit8" --vae-steps 0 $D $S --lr 4e-4 --warmup 30 --dit-steps 6225 \
+    > "$OUT/dit9.log" 2>&1
+  took "13. DiT continued"
+  record shapes-video "the VAE, a first DiT and T5 on its latents with the VAE's decoder fine-tuned beside it, then a new DiT on the latents scaled 3.8x, continued four times" \
     1_vae:vae 2_dit:dit 3_dit_continued:dit2 4_vae_decoder:vae2 5_dit_continued:dit3 6_vae_decoder:vae3 \
-    7_dit_continued:dit4 8_vae_decoder:vae4 9_dit_new:dit5 10_dit_continued:dit6 11_dit_continued:shapes-video
+    7_dit_continued:dit4 8_vae_decoder:vae4 9_dit_new:dit5 10_dit_continued:dit6 11_dit_continued:dit7 \
+    12_dit_continued:dit8 13_dit_continued:shapes-video
   $T "$OUT/shapes-video" --eval-only --eval "${EVAL_N:-100}" ${SMOKE:+--eval-steps 2} > "$OUT/eval.log" 2>&1
   grep "held-out eval" "$OUT/eval.log"
   echo "$OUT/shapes-video"
