@@ -110,26 +110,19 @@ if has 9; then
     --lr 2e-3 --warmup 200 --dit-steps 2771 > "$OUT/dit5.log" 2>&1
   took "9. new DiT on scaled latents"
 fi
-if has 10; then
-  # 10. Stage 9 continued: AdamW 1e-3, 50 warm-up steps, cosine to 5% over 6035 steps.
-  $T "$OUT/dit6" --resume "$OUT/dit5" --vae-steps 0 $D $S --lr 1e-3 --warmup 50 --dit-steps 6035 > "$OUT/dit6.log" 2>&1
-  took "10. DiT continued"
-fi
-if has 11; then
-  # 11. Stage 10 continued: AdamW 7e-4, 30 warm-up steps, cosine to 5% over 3450 steps.
-  $T "$OUT/dit7" --resume "$OUT/dit6" --vae-steps 0 $D $S --lr 7e-4 --warmup 30 --dit-steps 3450 > "$OUT/dit7.log" 2>&1
-  took "11. DiT continued"
-fi
-if has 12; then
-  # 12. Stage 11 continued: AdamW 5e-4, 30 warm-up steps, cosine to 5% over 3110 steps.
-  $T "$OUT/dit8" --resume "$OUT/dit7" --vae-steps 0 $D $S --lr 5e-4 --warmup 30 --dit-steps 3110 > "$OUT/dit8.log" 2>&1
-  took "12. DiT continued"
-fi
+# continued N FROM TO "train_video.py args": stage N, FROM's DiT and T5 continued on the same VAE into TO (TO.log).
+continued() {
+  # shellcheck disable=SC2086
+  $T "$OUT/$3" --resume "$OUT/$2" --vae-steps 0 $D $S $4 > "$OUT/$3.log" 2>&1
+  took "$1. DiT continued"
+}
+# 10-13. Each stage continues the one before: AdamW at the rate given, cosine to 5% over the steps given. 13 is the
+# model.
+has 10 && continued 10 dit5 dit6 "--lr 1e-3 --warmup 50 --dit-steps 6035"
+has 11 && continued 11 dit6 dit7 "--lr 7e-4 --warmup 30 --dit-steps 3450"
+has 12 && continued 12 dit7 dit8 "--lr 5e-4 --warmup 30 --dit-steps 3110"
 if has 13; then
-  # 13. Stage 12 continued: AdamW 4e-4, 30 warm-up steps, cosine to 5% over 6225 steps. This is the model.
-  $T "$OUT/shapes-video" --resume "$OUT/dit8" --vae-steps 0 $D $S --lr 4e-4 --warmup 30 --dit-steps 6225 \
-    > "$OUT/dit9.log" 2>&1
-  took "13. DiT continued"
+  continued 13 dit8 shapes-video "--lr 4e-4 --warmup 30 --dit-steps 6225"
   record shapes-video "the VAE, a first DiT and T5 on its latents with the VAE's decoder fine-tuned beside it, then a new DiT on the latents scaled 3.8x, continued four times" \
     1_vae:vae 2_dit:dit 3_dit_continued:dit2 4_vae_decoder:vae2 5_dit_continued:dit3 6_vae_decoder:vae3 \
     7_dit_continued:dit4 8_vae_decoder:vae4 9_dit_new:dit5 10_dit_continued:dit6 11_dit_continued:dit7 \
