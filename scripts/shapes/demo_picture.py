@@ -92,7 +92,9 @@ def multiprompt_picture(a, tmp):
     for name, frames in videos.items():
         first = np.mean([shows(x, MULTI_WANTS[0]) for x in frames[:TILE]])
         last = np.mean([shows(x, MULTI_WANTS[1]) for x in frames[-TILE:]])
-        print(f"| {name} | {cscv.cscv(frames):.3f} | {first:.3f} | {last:.3f} | {largest_step_share(frames):.1%} |")
+        share = largest_step_share(frames)  # None: the video ends where it starts
+        step = "no change" if share is None else f"{share:.1%}"
+        print(f"| {name} | {cscv.cscv(frames):.3f} | {first:.3f} | {last:.3f} | {step} |")
     strip([videos["DiTCtrl (defaults)"], videos["--no-kv-share"]], a.out, every=5, scale=VIDEO_SCALE, gap=GAP)
 
 
