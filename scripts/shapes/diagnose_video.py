@@ -3,6 +3,7 @@
 
     diagnose_video.py MODEL [--clips 4] [--t 100,300,500] [--split train] [--picture out.png]
                       [--image-demo demo/shapes-world]
+    diagnose_video.py MODEL --ceiling 100
 
 1. The VAE: the share of each clip's latent variance that is spatial detail (z minus its 3x3 mean,
    train_video.detail), and that detail's variance in the scaled latents. The shape of an object lives there:
@@ -15,6 +16,15 @@
    the input still shows. Where that is near 0 and x0_shape_frames is high, the DiT drew the shape from the
    caption; an untrained DiT scores near noised_shape_frames. With --picture,
    a strip: per clip a row of the reconstruction, then the decoded x0 prediction at each t (frames 0 and 8).
+3. With --ceiling N, only the VAE's ceiling (video_vae.score_reconstructions): its round trips (encode,
+   decode) of the very clips behind evaluate_video.py's first N held-out captions, scored by the checker as
+   evaluate_video.py scores generated clips; colour_shape_frames overall, frames_by_shape by shape and size.
+   A DiT that generates latents like the encoder's cannot score much above it.
+4. With --fit-latents N (after --ceiling's scores), whether the decoder can draw what the encoder's latents
+   lose: for the first N small stars and crosses among those clips, the latent itself is fitted by Adam
+   (--fit-iters, from the encoder's mean) so that the decoder reproduces the clip; colour+shape of frames before
+   and after, and how far the latent moved (relative norm). Where they end right, the decoder could draw them
+   and the encoder is what to train.
 """
 import argparse
 import json
@@ -31,8 +41,9 @@ sys.path.append(str(HERE.parent / "goldens"))
 import checker  # noqa: E402
 import world  # noqa: E402
 from train import to_tensor  # noqa: E402
-from train_video import encode_all, render_clips, strip, tokenize  # noqa: E402
+from train_video import strip, tokenize  # noqa: E402
 from video_latents import detail, detail_share  # noqa: E402
+from video_vae import encode_all, heldout_clips, render_clips, score_reconstructions  # noqa: E402
 
 
 def to_frames(vae, z):
@@ -70,6 +81,33 @@ def image_demo(folder, snrs, n, seed):
     return {"x0_colour_shape": mean(hits), "noised_colour_shape": mean(seen)}
 
 
+def fit_latents(vae, n, iters):
+    """Per small star or cross of the evaluation clips (the first n): colour+shape of frames of the VAE's round
+    trip, then of the decoded latent fitted to the clip (L1 + MSE, Adam 0.05), and the latent's relative move."""
+    vae.requires_grad_(False)
+    clips = [c for c in heldout_clips(100) if c["size"] == "small" and c["shape"] in ("star", "cross")][:n]
+    out = []
+    for clip in clips:
+        caption = world.clip_caption(clip)
+        x = torch.from_numpy(render_clips([clip])).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3)
+        with torch.no_grad():
+            z0 = vae.encode(x).latent_dist.mean
+        z = z0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=0.05)
+        for _ in range(iters):
+            rec = vae.decode(z).sample
+            loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            right = [checker.score_clip(list(to_frames(vae, w.permute(0, 2, 1, 3, 4) * vae.config.scaling_factor)),
+                                        caption)["frames_right"] for w in (z0, z)]
+        out.append({"caption": caption, "encoded": right[0], "fitted": right[1],
+                    "latent_move": round(((z - z0).norm() / z0.norm()).item(), 3)})
+    return out
+
+
 @torch.no_grad()
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,13 +118,25 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--picture")
     ap.add_argument("--image-demo", help="also the image demo (demo/shapes-world) at the same SNRs, on 2x --clips scenes")
+    ap.add_argument("--ceiling", type=int, help="only score the VAE's round trips of this many evaluation clips")
+    ap.add_argument("--fit-latents", type=int, help="then fit the latents of this many small stars and crosses")
+    ap.add_argument("--fit-iters", type=int, default=30)
     a = ap.parse_args(argv)
+    if a.fit_latents and not a.ceiling:
+        ap.error("--fit-latents: give --ceiling N too (the clips it fits are among those N)")
     from diffusers import CogVideoXPipeline
     from diffusers.utils import logging
     logging.set_verbosity_error()
     pipe = CogVideoXPipeline.from_pretrained(a.model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     vae, ac = pipe.vae, pipe.scheduler.alphas_cumprod
+    if a.ceiling:
+        print(json.dumps(score_reconstructions(vae, torch.device("cpu"), a.ceiling)), flush=True)
+        if a.fit_latents:
+            with torch.enable_grad():
+                for row in fit_latents(vae, a.fit_latents, a.fit_iters):
+                    print(json.dumps(row), flush=True)
+        return
     rng = random.Random(f"diagnose:{a.split}:{a.seed}")
     gen = torch.Generator().manual_seed(a.seed)
     ts = [int(t) for t in a.t.split(",")]

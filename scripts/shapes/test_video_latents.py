@@ -15,7 +15,7 @@ sys.path.insert(0, str(HERE))
 sys.path.append(str(HERE.parent / "goldens"))
 import world  # noqa: E402
 from train import to_tensor  # noqa: E402
-from train_video import encode_all, render_clips  # noqa: E402
+from video_vae import encode_all, render_clips  # noqa: E402
 from video_latents import detail, detail_share, object_weights  # noqa: E402
 
 

@@ -39,8 +39,6 @@ scripts/shapes/reproduce_video.sh replays it.
 import argparse
 import json
 import math
-import multiprocessing
-import os
 import pathlib
 import random
 import shutil
@@ -51,7 +49,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -60,22 +57,11 @@ import world  # noqa: E402
 from _tiny_cogvideox import SCHED_COMMON  # noqa: E402  (the real CogVideoX scheduler config)
 from evaluate import image_seed as clip_seed  # noqa: E402  (seed = s * 100000 + caption index, as for images)
 from train import log  # noqa: E402
-from video_latents import detail, detail_share, draw_timesteps, object_weights  # noqa: E402
+from video_latents import detail, draw_timesteps, object_weights  # noqa: E402
+from video_vae import (amp, encode_all, heldout_clips, new_vae, render_clips, score_clips_parallel,  # noqa: E402
+                       train_vae)
 
 MAX_TEXT_LEN = 32  # max_text_seq_length: the T5 tokens every caption is padded to (a caption takes 11-13)
-
-
-def render_np(clip, size=64):
-    return np.stack([np.asarray(f) for f in world.render_clip(clip, size)])
-
-
-def render_clips(clips, size=64, workers=None):
-    """uint8 array [N, frames, size, size, 3], rendered in parallel (each clip is deterministic)."""
-    workers = workers or min(os.cpu_count() or 1, 32)
-    if workers <= 1 or len(clips) < 64:
-        return np.stack([render_np(c, size) for c in clips])
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return np.stack(pool.starmap(render_np, [(c, size) for c in clips], chunksize=64))
 
 
 def load_data(a):
@@ -130,16 +116,6 @@ def write_t5_tokenizer(folder, lines, vocab_size=40):
     return T5TokenizerFast.from_pretrained(str(folder), extra_ids=0, model_max_length=512)
 
 
-def new_vae(a):
-    from diffusers import AutoencoderKLCogVideoX
-    vc = tuple(int(c) for c in a.vae_channels.split(","))
-    return AutoencoderKLCogVideoX(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * len(vc),
-                                  up_block_types=("CogVideoXUpBlock3D",) * len(vc), block_out_channels=vc,
-                                  latent_channels=16, layers_per_block=1, norm_num_groups=a.vae_groups,
-                                  temporal_compression_ratio=4, sample_height=a.size, sample_width=a.size,
-                                  scaling_factor=1.0)
-
-
 def new_transformer(a, vae_blocks):
     from diffusers import CogVideoXTransformer3DModel
     s = a.size // 2 ** (vae_blocks - 1)
@@ -185,113 +161,6 @@ def build(a, captions, tmp):
     else:
         vae = new_vae(a)
     return tok, t5, new_transformer(a, len(vae.config.block_out_channels)), vae
-
-
-def to_video(vids, idx, dev):
-    """uint8 [B, F, H, W, 3] rows -> float [B, 3, F, H, W] in [-1, 1] on dev."""
-    return vids[idx].to(dev, non_blocking=True).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-
-
-def amp(dev):
-    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-
-
-def train_vae(vae, vids, a, dev, gen):
-    if a.vae_steps == 0:
-        return
-    vae.train()
-    if a.decoder_only:
-        vae.encoder.requires_grad_(False)
-    opt = torch.optim.AdamW([q for q in vae.parameters() if q.requires_grad], lr=a.vae_lr, weight_decay=0.0)
-    t0 = time.time()
-    step = -1
-    for step in range(a.vae_steps):
-        # warm-up over 100 steps, then constant, or a cosine down to 10% over the time budget (--vae-lr-schedule
-        # time) or the steps (steps)
-        p = {"constant": 0.0, "steps": step / max(a.vae_steps, 1),
-             "time": (time.time() - t0) / max(a.vae_time_budget, 1e-9)}[a.vae_lr_schedule]
-        p = min(p, 1.0)
-        cos = 0.5 * (1 + math.cos(math.pi * p))
-        lr = a.vae_lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * cos)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        idx = torch.randint(len(vids), (a.vae_batch,), generator=gen, device=gen.device)
-        x = to_video(vids, idx, dev)
-        with amp(dev):
-            with torch.set_grad_enabled(not a.decoder_only):
-                post = vae.encode(x).latent_dist
-                z = post.sample()
-            rec = vae.decode(z).sample.float()
-        if a.object_weight != 1:  # pixels of (and next to) the coloured shape count object_weight times
-            sat = (x.amax(1) - x.amin(1)).unsqueeze(1)  # [B, 1, F, H, W]: backgrounds are neutral (0)
-            near = F.max_pool3d((sat > 0.15).float(), (1, 3, 3), 1, (0, 1, 1))
-            w = 1 + (a.object_weight - 1) * near
-            rec_loss = (w * (rec - x).abs()).mean() / w.mean() + (w * (rec - x) ** 2).mean() / w.mean()
-        else:
-            rec_loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
-        loss = rec_loss + (0 if a.decoder_only else a.kl * post.kl().mean())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % max(a.vae_steps // 20, 1) == 0 or step == a.vae_steps - 1:
-            log(f"vae step {step} loss {loss.item():.4f} ({(step + 1) / (time.time() - t0):.2f} steps/s)")
-        if a.vae_time_budget and time.time() - t0 > a.vae_time_budget:
-            log(f"vae: time budget {a.vae_time_budget} s reached after {step + 1} of {a.vae_steps} steps")
-            break
-    a.vae_steps_done = step + 1
-    vae.eval().requires_grad_(False)
-    mean, _ = encode_all(vae, vids[:512], dev)
-    if not a.decoder_only:
-        scale = a.latent_scale / mean.std().item()
-        vae.register_to_config(scaling_factor=scale)
-        log(f"vae latents: mean {mean.mean().item():.4f} std {mean.std().item():.4f} -> scaling_factor {scale:.4f}")
-    log(f"vae latent detail share: {detail_share(mean):.4f}")
-    log("vae reconstructions of held-out clips, checker: " + json.dumps(score_reconstructions(vae, a, dev, 4 if a.smoke else a.recon_n)))
-
-
-@torch.no_grad()
-def encode_all(vae, vids, dev, chunk=64):
-    """Posterior (mean, std) of every clip, float32 [N, 16, latent frames, h, w] on dev."""
-    means, stds = [], []
-    for i in range(0, len(vids), chunk):
-        with amp(dev):
-            d = vae.encode(to_video(vids, torch.arange(i, min(i + chunk, len(vids))), dev)).latent_dist
-        means.append(d.mean.float())
-        stds.append(d.std.float())
-    return torch.cat(means), torch.cat(stds)
-
-
-def score_clips_parallel(frames_list, captions):
-    """checker.score_clip over many clips (uint8 [F, H, W, 3] each), in worker processes."""
-    import checker
-    args = list(zip(frames_list, captions))
-    if len(args) < 8:
-        return [checker.score_clip(list(f), c) for f, c in args]
-    with multiprocessing.get_context("fork").Pool(min(os.cpu_count() or 1, 16)) as pool:
-        return pool.starmap(_score_one, args, chunksize=2)
-
-
-def _score_one(frames, caption):
-    import checker
-    return checker.score_clip(list(frames), caption)
-
-
-def score_reconstructions(vae, a, dev, n=64):
-    """The checker on VAE round trips of held-out clips: the ceiling for what the DiT can reach."""
-    import checker
-    rng = random.Random("heldout:clips:vae")
-    clips = [world.sample_clip(rng, "heldout") for _ in range(n)]
-    vids = torch.from_numpy(render_clips(clips, a.size))
-    outs = []
-    with torch.no_grad():
-        for i in range(0, n, 16):
-            with amp(dev):
-                x = to_video(vids, torch.arange(i, min(i + 16, n)), dev)
-                rec = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
-            outs.append(((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy())
-    rec = np.concatenate(outs)
-    return {k: v for k, v in checker.summarize_clips(score_clips_parallel(list(rec), [world.clip_caption(c) for c in clips])).items()
-            if not k.startswith("shows_by")}
 
 
 def tokenize(tok, prompts):
@@ -429,8 +298,7 @@ def save(parts, out, a, tmp):
 
 
 def heldout_clip_captions(n, seed=0):
-    rng = random.Random(f"heldout:clips:eval:{seed}")  # also evaluate_video.py's list
-    return [world.clip_caption(world.sample_clip(rng, "heldout")) for _ in range(n)]
+    return [world.clip_caption(c) for c in heldout_clips(n, seed)]
 
 
 def strip(frames_list, path, every=4, scale=1, gap=0):
@@ -496,6 +364,9 @@ def main(argv=None):
     ap.add_argument("--vae-lr-schedule", choices=["constant", "steps", "time"], default="constant")
     ap.add_argument("--kl", type=float, default=1e-6)
     ap.add_argument("--decoder-only", action="store_true", help="the VAE stage trains the decoder alone")
+    ap.add_argument("--encoder-only", action="store_true", help="the VAE stage trains the encoder alone")
+    ap.add_argument("--latent-anchor", type=float, default=0.0,
+                    help="with --resume: weight of the encoder's drift from the resumed latents (video_vae.py)")
     ap.add_argument("--object-weight", type=float, default=1.0,
                     help="VAE loss weight of the shape's pixels (and their neighbours) against the background's")
     ap.add_argument("--vae-from", help="train a new DiT and T5 on this saved pipeline's VAE (no VAE stage)")
@@ -535,7 +406,7 @@ def main(argv=None):
     ap.add_argument("--cfg", type=float, default=6.0)
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run: 32 clips, 2+2 steps, load, generate one")
-    ap.add_argument("--recon-n", type=int, default=64, help="held-out clips the VAE's reconstructions are scored on")
+    ap.add_argument("--recon-n", type=int, default=100, help="evaluation clips the VAE's round trips are scored on")
     ap.add_argument("--render-only", action="store_true", help="render the --n clips into --data-cache, nothing else")
     a = ap.parse_args(argv)
     if a.smoke:  # a stage asked for no VAE (or DiT) steps keeps none: a resumed VAE keeps its latents' scale
@@ -545,6 +416,10 @@ def main(argv=None):
         a.vae_steps = 0
     if not 0 <= a.image_frac < 1:
         ap.error("--image-frac: must be in [0, 1) (clip steps teach the motion)")
+    if a.encoder_only and a.decoder_only:
+        ap.error("--encoder-only, --decoder-only: give one (neither trains the whole VAE)")
+    if a.latent_anchor and (not a.resume or a.decoder_only):
+        ap.error("--latent-anchor: only when a resumed encoder trains (--resume, not --decoder-only)")
     if a.resume and a.latent_scale != 1:
         ap.error("--latent-scale: only for a new DiT (its latents' scale is the resumed DiT's)")
     if a.snr_shift is None:  # the resumed model's, else CogVideoX-2b's
