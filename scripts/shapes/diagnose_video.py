@@ -43,7 +43,7 @@ import world  # noqa: E402
 from train import to_tensor  # noqa: E402
 from train_video import strip, tokenize  # noqa: E402
 from video_latents import detail, detail_share  # noqa: E402
-from video_vae import encode_all, heldout_clips, render_clips, score_reconstructions  # noqa: E402
+from video_vae import encode_all, heldout_clips, render_clips, score_reconstructions, to_video  # noqa: E402
 
 
 def to_frames(vae, z):
@@ -81,15 +81,16 @@ def image_demo(folder, snrs, n, seed):
     return {"x0_colour_shape": mean(hits), "noised_colour_shape": mean(seen)}
 
 
-def fit_latents(vae, n, iters):
-    """Per small star or cross of the evaluation clips (the first n): colour+shape of frames of the VAE's round
-    trip, then of the decoded latent fitted to the clip (L1 + MSE, Adam 0.05), and the latent's relative move."""
+def fit_latents(vae, pool, n, iters):
+    """Per small star or cross among the first `pool` evaluation clips (the first n of them): colour+shape of
+    frames of the VAE's round trip, then of the decoded latent fitted to the clip (L1 + MSE, Adam 0.05), and the
+    latent's relative move."""
     vae.requires_grad_(False)
-    clips = [c for c in heldout_clips(100) if c["size"] == "small" and c["shape"] in ("star", "cross")][:n]
+    clips = [c for c in heldout_clips(pool) if c["size"] == "small" and c["shape"] in ("star", "cross")][:n]
     out = []
     for clip in clips:
         caption = world.clip_caption(clip)
-        x = torch.from_numpy(render_clips([clip])).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3)
+        x = to_video(torch.from_numpy(render_clips([clip])), torch.tensor([0]), torch.device("cpu"))
         with torch.no_grad():
             z0 = vae.encode(x).latent_dist.mean
         z = z0.clone().requires_grad_(True)
@@ -134,7 +135,7 @@ def main(argv=None):
         print(json.dumps(score_reconstructions(vae, torch.device("cpu"), a.ceiling)), flush=True)
         if a.fit_latents:
             with torch.enable_grad():
-                for row in fit_latents(vae, a.fit_latents, a.fit_iters):
+                for row in fit_latents(vae, a.ceiling, a.fit_latents, a.fit_iters):
                     print(json.dumps(row), flush=True)
         return
     rng = random.Random(f"diagnose:{a.split}:{a.seed}")

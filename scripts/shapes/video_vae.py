@@ -63,7 +63,7 @@ def train_vae(vae, vids, a, dev, gen):
     if a.encoder_only:
         vae.decoder.requires_grad_(False)
     # a resumed DiT knows the latents at their scaled std: keep it (measured before and after this stage)
-    std_before = encode_all(vae, vids[:512], dev)[0].std().item() if a.resume else None
+    std_before = encode_all(vae, vids[:512], dev)[0].std().item() if a.resume and not a.decoder_only else None
     anchor = copy.deepcopy(vae).eval().requires_grad_(False) if a.latent_anchor else None
     opt = torch.optim.AdamW([q for q in vae.parameters() if q.requires_grad], lr=a.vae_lr, weight_decay=0.0)
     t0 = time.time()
